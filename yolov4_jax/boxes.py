@@ -1,0 +1,159 @@
+"""Box conversions and the IoU family (IoU, GIoU, DIoU, CIoU) used by the loss and NMS.
+
+Boxes are ``(x1, y1, x2, y2)`` corner boxes (``xyxy``) unless a name says ``xywh``
+(centre x, centre y, width, height). All functions are elementwise over broadcastable
+leading dimensions, jit- and grad-safe, and return finite values with finite gradients
+for identical, disjoint, nested and zero-area boxes.
+
+Darknet computes these in box.c (box_iou, box_giou, box_diou, box_ciou) and
+differentiates them by hand (box.c::dx_box_iou); here autodiff does the work, so every
+division is guarded with the double-``jnp.where`` trick: the unsafe branch is fed a
+harmless denominator so that neither its value nor its gradient can become NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Denominators at or below this are treated as zero. Boxes are in normalised image units,
+# so 1e-12 (area or squared length) is far below a pixel at any realistic input size.
+_EPS = 1e-12
+
+
+def xywh_to_xyxy(boxes: Array) -> Array:
+    """Converts ``[..., 4]`` (cx, cy, w, h) boxes to (x1, y1, x2, y2)."""
+    boxes = _as_float(boxes)
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return jnp.concatenate([centre - 0.5 * size, centre + 0.5 * size], axis=-1)
+
+
+def xyxy_to_xywh(boxes: Array) -> Array:
+    """Converts ``[..., 4]`` (x1, y1, x2, y2) boxes to (cx, cy, w, h)."""
+    boxes = _as_float(boxes)
+    lo, hi = boxes[..., :2], boxes[..., 2:]
+    return jnp.concatenate([0.5 * (lo + hi), hi - lo], axis=-1)
+
+
+def iou(a: Array, b: Array) -> Array:
+    """Intersection over union of ``[..., 4]`` xyxy boxes, shape ``[...]``.
+
+    Returns 0 when the union is empty (two zero-area boxes), as darknet's box_iou does.
+    """
+    return _geometry(a, b).iou
+
+
+def giou(a: Array, b: Array) -> Array:
+    """Generalised IoU: ``iou - (C - U) / C`` with C the enclosing box's area (box.c::box_giou).
+
+    In ``[-1, 1]``; the penalty is 0 when the enclosing box is empty.
+    """
+    g = _geometry(a, b)
+    enclose_area = g.enclose_w * g.enclose_h
+    return g.iou - _safe_div(enclose_area - g.union, enclose_area)
+
+
+def diou(a: Array, b: Array) -> Array:
+    """Distance IoU: ``iou - rho^2 / c^2`` (box.c::box_diou).
+
+    rho is the distance between the box centres and c the diagonal of the enclosing box.
+    """
+    g = _geometry(a, b)
+    return g.iou - g.distance_ratio
+
+
+def ciou(a: Array, b: Array) -> Array:
+    """Complete IoU: ``diou - alpha * v`` (box.c::box_ciou).
+
+    ``v = 4 / pi^2 * (atan(w_b / h_b) - atan(w_a / h_a))^2`` measures aspect-ratio
+    disagreement and ``alpha = v / (1 - iou + v)``. As in darknet (and the CIoU paper),
+    alpha is a constant under differentiation: ``jax.lax.stop_gradient``. The function is
+    symmetric in ``a`` and ``b``.
+    """
+    g = _geometry(a, b)
+    v = (4.0 / math.pi**2) * jnp.square(_aspect_angle(g.size_b) - _aspect_angle(g.size_a))
+    alpha = jax.lax.stop_gradient(_safe_div(v, 1.0 - g.iou + v))
+    return g.iou - g.distance_ratio - alpha * v
+
+
+def diou_penalty(a: Array, b: Array) -> Array:
+    """The DIoU distance term ``rho^2 / c^2`` of ``[..., 4]`` xyxy boxes, shape ``[...]``.
+
+    0 when the enclosing box is a single point, matching box.c::box_diounms (c == 0).
+    """
+    return _geometry(a, b).distance_ratio
+
+
+def pairwise_iou(a: Array, b: Array) -> Array:
+    """IoU of every box in ``a [N, 4]`` with every box in ``b [M, 4]``: ``[N, M]``."""
+    return iou(a[:, None, :], b[None, :, :])
+
+
+def pairwise_diou_penalty(a: Array, b: Array) -> Array:
+    """``rho^2 / c^2`` of every box in ``a [N, 4]`` with every box in ``b [M, 4]``: ``[N, M]``."""
+    return diou_penalty(a[:, None, :], b[None, :, :])
+
+
+class _Geometry(NamedTuple):
+    """Quantities shared by the IoU family, all broadcast to the common ``[...]`` shape."""
+
+    size_a: Array  # [..., 2] (w, h) of a, clipped at 0
+    size_b: Array  # [..., 2] (w, h) of b, clipped at 0
+    union: Array  # [...]
+    iou: Array  # [...]
+    enclose_w: Array  # [...]
+    enclose_h: Array  # [...]
+    distance_ratio: Array  # [...] rho^2 / c^2
+
+
+def _geometry(a: Array, b: Array) -> _Geometry:
+    a, b = _as_float(a), _as_float(b)
+    # Inverted boxes (x2 < x1) count as empty rather than as negative area.
+    size_a = jnp.maximum(a[..., 2:] - a[..., :2], 0.0)  # [..., 2]
+    size_b = jnp.maximum(b[..., 2:] - b[..., :2], 0.0)  # [..., 2]
+    inter_wh = jnp.maximum(
+        jnp.minimum(a[..., 2:], b[..., 2:]) - jnp.maximum(a[..., :2], b[..., :2]), 0.0
+    )  # [..., 2]
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    union = size_a[..., 0] * size_a[..., 1] + size_b[..., 0] * size_b[..., 1] - inter
+    enclose_wh = jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2])
+    centre_delta = 0.5 * ((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:]))  # [..., 2]
+    rho2 = jnp.sum(jnp.square(centre_delta), axis=-1)
+    c2 = jnp.sum(jnp.square(enclose_wh), axis=-1)
+    return _Geometry(
+        size_a=size_a,
+        size_b=size_b,
+        union=union,
+        iou=_safe_div(inter, union),
+        enclose_w=enclose_wh[..., 0],
+        enclose_h=enclose_wh[..., 1],
+        distance_ratio=_safe_div(rho2, c2),
+    )
+
+
+def _aspect_angle(size: Array) -> Array:
+    """``atan(w / h)`` for ``[..., 2]`` (w, h) >= 0, shape ``[...]``.
+
+    Written as ``atan2(w, h)``, which equals ``atan(w / h)`` for non-negative sizes and is
+    pi/2 rather than a division by zero when h == 0. A point box (w == h == 0) gets angle 0
+    with zero gradient, since atan2's gradient is 0/0 there.
+    """
+    w, h = size[..., 0], size[..., 1]
+    ok = (w + h) > _EPS
+    return jnp.where(ok, jnp.arctan2(jnp.where(ok, w, 1.0), jnp.where(ok, h, 1.0)), 0.0)
+
+
+def _safe_div(num: Array, den: Array) -> Array:
+    """``num / den``, or 0 where ``den <= _EPS``, with finite gradients on both branches."""
+    ok = den > _EPS
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def _as_float(x: Array) -> Array:
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)

@@ -1,0 +1,11 @@
+"""The YOLOv4 model family as layer lists run by one Flax module."""
+
+from yolov4_jax.models.csp import yolov4_csp_layers
+from yolov4_jax.models.network import Network, layer_name, output_shapes
+from yolov4_jax.models.tiny import yolov4_tiny_layers
+from yolov4_jax.models.yolov4 import yolov4_layers
+
+__all__ = [
+    "Network", "layer_name", "output_shapes", "yolov4_layers", "yolov4_tiny_layers",
+    "yolov4_csp_layers",
+]

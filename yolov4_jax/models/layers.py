@@ -1,0 +1,204 @@
+"""Flax building blocks with darknet's numerics: conv + BatchNorm + activation, pooling,
+attention, weighted fusion and DropBlock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from yolov4_jax.models import specs
+
+# darknet normalize_cpu: (x - mean) / sqrt(var + .00001f)
+BN_EPSILON = 1e-5
+# darknet's softplus inside mish switches to x above 20 (activations.c::softplus_activate).
+MISH_THRESHOLD = 20.0
+
+
+def mish(x: jax.Array) -> jax.Array:
+    """Mish (Misra 2019), x * tanh(softplus(x)), with darknet's softplus threshold."""
+    softplus = jnp.where(x > MISH_THRESHOLD, x, jnp.log1p(jnp.exp(jnp.minimum(x, MISH_THRESHOLD))))
+    return x * jnp.tanh(softplus)
+
+
+def activation(x: jax.Array, name: str) -> jax.Array:
+    """darknet's activation by cfg name."""
+    if name == "linear":
+        return x
+    if name == "leaky":
+        return jnp.where(x > 0, x, 0.1 * x)
+    if name == "mish":
+        return mish(x)
+    if name == "swish":
+        return x * jax.nn.sigmoid(x)
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "logistic":
+        return jax.nn.sigmoid(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over [N, H, W] with darknet's epsilon placement.
+
+    `momentum` is the weight of the old running value (Flax's convention): darknet's
+    rolling update `.99 * old + .01 * batch` is momentum 0.99 here. Under `jax.jit` with a
+    batch sharded over a `data` mesh axis the batch statistics are global, i.e. synchronised
+    BatchNorm across devices comes for free.
+    """
+
+    momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean = jnp.mean(x32, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        y = (x32 - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
+        return y.astype(x.dtype)
+
+
+class ConvBN(nn.Module):
+    """darknet [convolutional]: symmetric explicit padding (not XLA's SAME), then BN or bias."""
+
+    spec: specs.Conv
+    bn_momentum: float = 0.99
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+        s = self.spec
+        in_features = x.shape[-1]
+        if in_features % s.groups:
+            raise ValueError(f"conv groups={s.groups} does not divide {in_features} channels")
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
+            (s.size, s.size, in_features // s.groups, s.filters),
+            jnp.float32,
+        )
+        # darknet pads size//2 on every side, also at stride 2, where SAME would pad (0, 1).
+        p = s.padding
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(s.stride, s.stride),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=s.groups,
+        )
+        if s.batch_normalize:
+            y = BatchNorm(self.bn_momentum, name="bn")(y, use_running_average)
+        else:
+            bias = self.param("bias", nn.initializers.zeros, (s.filters,), jnp.float32)
+            y = y + bias.astype(y.dtype)
+        return activation(y, s.activation)
+
+
+def max_pool(x: jax.Array, spec: specs.MaxPool) -> jax.Array:
+    """darknet [maxpool]: padding//2 before, the rest after; padded cells never win."""
+    before = spec.padding // 2
+    after = spec.padding - before
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        (1, spec.size, spec.size, 1),
+        (1, spec.stride, spec.stride, 1),
+        ((0, 0), (before, after), (before, after), (0, 0)),
+    )
+
+
+def upsample(x: jax.Array, stride: int) -> jax.Array:
+    """Nearest-neighbour upsampling by an integer factor."""
+    return jnp.repeat(jnp.repeat(x, stride, axis=1), stride, axis=2)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial attention (Woo et al. 2018): the paper's baseline for its modified SAM."""
+
+    size: int = 7
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pooled = jnp.concatenate(
+            [jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
+        )
+        spec = specs.Conv(1, self.size, 1, self.size // 2, activation="logistic")
+        attention = ConvBN(spec, dtype=self.dtype, name="conv")(pooled, True)
+        return x * attention
+
+
+class WeightedFusion(nn.Module):
+    """darknet [shortcut] with weights: sum_i w_i * x_i (MiWRC / BiFPN fast fusion).
+
+    With `normalization="relu"`, w_i = relu(v_i) / (sum_j relu(v_j) + 1e-4), as in
+    blas.c::shortcut_multilayer_cpu; with "softmax", a softmax over the inputs.
+    """
+
+    weights_type: str = "per_feature"
+    normalization: str = "relu"
+
+    @nn.compact
+    def __call__(self, inputs: list[jax.Array]) -> jax.Array:
+        n = len(inputs)
+        shape = (n,) if self.weights_type == "per_feature" else (n, inputs[0].shape[-1])
+        w = self.param("weights", nn.initializers.ones, shape, jnp.float32)
+        if self.normalization == "relu":
+            w = jax.nn.relu(w)
+            w = w / (jnp.sum(w, axis=0, keepdims=True) + 1e-4)
+        elif self.normalization == "softmax":
+            w = jax.nn.softmax(w, axis=0)
+        elif self.normalization != "none":
+            raise ValueError(f"unknown weights_normalization {self.normalization!r}")
+        return sum(w[i].astype(x.dtype) * x for i, x in enumerate(inputs))
+
+
+class DropBlock(nn.Module):
+    """DropBlock (Ghiasi et al. 2018): zero square blocks, rescale by the kept fraction.
+
+    `probability` is the fraction of features to drop; `rate_scale` (a traced scalar) lets
+    the training loop ramp it up as darknet does over the first part of training.
+    """
+
+    probability: float = 0.1
+    block_size: int = 7
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, rate_scale: jax.Array | float = 1.0):
+        if not train or self.probability <= 0:
+            return x
+        n, h, w, c = x.shape
+        block = min(self.block_size, h, w)
+        drop = self.probability * rate_scale
+        # Seed rate so that the expected dropped fraction equals `drop` (Ghiasi et al. eq. 1).
+        gamma = drop / (block * block) * (h * w) / ((h - block + 1) * (w - block + 1))
+        valid = jnp.zeros((h, w), bool).at[
+            block // 2 : h - (block - 1) // 2, block // 2 : w - (block - 1) // 2
+        ].set(True)
+        rng = self.make_rng("dropblock")
+        seeds = jax.random.bernoulli(rng, jnp.clip(gamma, 0.0, 1.0), (n, h, w, c))
+        seeds = jnp.logical_and(seeds, valid[None, :, :, None]).astype(x.dtype)
+        lo = block // 2
+        hi = block - 1 - lo
+        mask = jax.lax.reduce_window(
+            seeds, 0.0, jax.lax.max, (1, block, block, 1), (1, 1, 1, 1),
+            ((0, 0), (hi, lo), (hi, lo), (0, 0)),
+        )
+        keep = 1.0 - mask
+        scale = keep.size / jnp.maximum(jnp.sum(keep), 1.0)
+        return x * keep * scale.astype(x.dtype)

@@ -1,0 +1,138 @@
+"""The network: a Flax module that runs a tuple of layer specs in darknet's order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from yolov4_jax.models import layers, specs
+
+
+def layer_name(index: int) -> str:
+    """Variable-collection key of layer `index` (zero-padded so keys sort in layer order)."""
+    return f"layer{index:03d}"
+
+
+class Network(nn.Module):
+    """A darknet-style network over NHWC images.
+
+    Attributes:
+      layers: the layer specs, in order (see `yolov4_jax.models.specs`).
+      bn_momentum: weight of the old running statistics (Flax convention; darknet's .01
+        update rate is 0.99 here).
+      dtype: compute dtype of convolutions (float32, or bfloat16 for mixed precision; BN
+        statistics and outputs stay float32).
+      net: darknet's [net] options (input size, channels, training keys), kept so that a
+        model exports to a complete cfg.
+
+    `__call__(images, train=False, use_running_average=None)`: `images` float `[N, H, W, C]`
+    in [0, 1]. `train` switches DropBlock on; `use_running_average` (default `not train`)
+    chooses BN's running statistics over batch statistics, so frozen BN and SAT's
+    inference-mode pass are one argument each. Returns a tuple with one `[N, H/s, W/s,
+    A*(5+C)]` float32 array per `Yolo` layer (the raw output of the conv that feeds it), or
+    the last layer's output when the network has no `Yolo` layer (a classifier).
+    """
+
+    layers: tuple[specs.Spec, ...]
+    bn_momentum: float = 0.99
+    dtype: Any = jnp.float32
+    # darknet [net] options as (key, value) pairs; written back by `darknet.save`.
+    net: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def heads(self) -> tuple[specs.Yolo, ...]:
+        return tuple(s for s in self.layers if isinstance(s, specs.Yolo))
+
+    @nn.compact
+    def __call__(
+        self,
+        images: jax.Array,
+        train: bool = False,
+        use_running_average: bool | None = None,
+        dropblock_scale: jax.Array | float = 1.0,
+    ):
+        if use_running_average is None:
+            use_running_average = not train
+        x = images.astype(self.dtype)
+        outputs: list[jax.Array] = []
+        heads: list[jax.Array] = []
+        for i, spec in enumerate(self.layers):
+            name = layer_name(i)
+            if isinstance(spec, specs.Conv):
+                x = layers.ConvBN(spec, self.bn_momentum, self.dtype, name=name)(
+                    x, use_running_average
+                )
+            elif isinstance(spec, specs.MaxPool):
+                x = layers.max_pool(x, spec)
+            elif isinstance(spec, specs.Upsample):
+                x = layers.upsample(x, spec.stride)
+            elif isinstance(spec, specs.Route):
+                parts = []
+                for j in spec.layers:
+                    y = outputs[j]
+                    chunk = y.shape[-1] // spec.groups
+                    parts.append(y[..., spec.group_id * chunk : (spec.group_id + 1) * chunk])
+                x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+            elif isinstance(spec, specs.Shortcut):
+                inputs = [x] + [outputs[j] for j in spec.layers]
+                if spec.weights_type == "none":
+                    x = sum(inputs[1:], inputs[0])
+                else:
+                    x = layers.WeightedFusion(
+                        spec.weights_type, spec.weights_normalization, name=name
+                    )(inputs)
+                x = layers.activation(x, spec.activation)
+            elif isinstance(spec, specs.Sam):
+                x = x * outputs[spec.layer]
+            elif isinstance(spec, specs.SpatialAttention):
+                x = layers.SpatialAttention(spec.size, self.dtype, name=name)(x)
+            elif isinstance(spec, specs.DropBlock):
+                x = layers.DropBlock(spec.probability, spec.block_size, name=name)(
+                    x, train, dropblock_scale
+                )
+            elif isinstance(spec, specs.AvgPool):
+                x = jnp.mean(x, axis=(1, 2), keepdims=True)
+            elif isinstance(spec, specs.Yolo):
+                heads.append(x.astype(jnp.float32))
+            else:
+                raise TypeError(f"layer {i}: unsupported spec {spec!r}")
+            outputs.append(x)
+        if heads:
+            return tuple(heads)
+        return x.astype(jnp.float32)
+
+
+def output_shapes(layer_specs, height: int, width: int, channels: int = 3):
+    """Static [H, W, C] of every layer's output, for checks and error messages."""
+    shapes: list[tuple[int, int, int]] = []
+    h, w, c = height, width, channels
+    for i, s in enumerate(layer_specs):
+        if isinstance(s, specs.Conv):
+            h = (h + 2 * s.padding - s.size) // s.stride + 1
+            w = (w + 2 * s.padding - s.size) // s.stride + 1
+            c = s.filters
+        elif isinstance(s, specs.MaxPool):
+            h = (h + s.padding - s.size) // s.stride + 1
+            w = (w + s.padding - s.size) // s.stride + 1
+        elif isinstance(s, specs.Upsample):
+            h, w = h * s.stride, w * s.stride
+        elif isinstance(s, specs.Route):
+            hw = {shapes[j][:2] for j in s.layers}
+            if len(hw) != 1:
+                raise ValueError(f"layer {i} [route]: inputs {s.layers} differ in size {hw}")
+            (h, w), c = hw.pop(), sum(shapes[j][2] // s.groups for j in s.layers)
+        elif isinstance(s, specs.Shortcut | specs.Sam):
+            refs = s.layers if isinstance(s, specs.Shortcut) else (s.layer,)
+            for j in refs:
+                if shapes[j] != (h, w, c):
+                    raise ValueError(
+                        f"layer {i} [{type(s).__name__.lower()}]: layer {j} has shape "
+                        f"{shapes[j]}, the previous layer {(h, w, c)}"
+                    )
+        elif isinstance(s, specs.AvgPool):
+            h = w = 1
+        shapes.append((h, w, c))
+    return shapes
