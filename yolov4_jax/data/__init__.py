@@ -1,0 +1,37 @@
+"""Datasets, the grain input pipeline and augmentations (docs/data.md).
+
+Training and evaluation code needs only the functions exported here.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from yolov4_jax.data.pipeline import (
+    boxes_to_original,
+    create_eval_iterator,
+    create_train_iterator,
+    num_eval_batches,
+    train_batch_size,
+    train_canvas_size,
+    train_canvas_sizes,
+)
+from yolov4_jax.data.sources import DatasetInfo, dataset_info_from_builder, load_builder
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Class count and names and split sizes of ``config.data.name`` (prepared if needed)."""
+    return dataset_info_from_builder(load_builder(config.data.name, config.data.data_dir))
+
+
+__all__ = [
+    "DatasetInfo",
+    "boxes_to_original",
+    "create_eval_iterator",
+    "create_train_iterator",
+    "dataset_info",
+    "num_eval_batches",
+    "train_batch_size",
+    "train_canvas_size",
+    "train_canvas_sizes",
+]

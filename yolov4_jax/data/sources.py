@@ -1,0 +1,147 @@
+"""Dataset sources: tfds array_record datasets read with ``as_data_source()`` (no TensorFlow).
+
+``config.data.name`` selects one of:
+- ``yolov4_synthetic`` (or ``yolov4_synthetic/tiny``): the embedded dataset, prepared on first
+  use into ``config.data.data_dir``;
+- a folder converted by ``python -m yolov4_jax.data.prepare --name NAME`` (see prepare.py);
+- any tfds detection dataset already prepared in array_record format in ``data_dir`` with the
+  features of tfds ``coco`` (``coco/2017``), or of ``voc`` (its ``is_difficult`` boxes are
+  treated like crowd boxes).
+
+Records hold the encoded image and tfds's normalised (ymin, xmin, ymax, xmax) boxes; `decode`
+turns one into an RGB image with pixel (x1, y1, x2, y2) boxes. Crowd boxes are dropped: darknet's
+COCO labels omit them, and the COCO evaluator reads them from the annotation file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from yolov4_jax.data import synthetic
+from yolov4_jax.data.augment import Sample
+
+SYNTHETIC_NAME = "yolov4_synthetic"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the code needs to know about a dataset."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    split_sizes: dict[str, int]
+
+
+def resolve_data_dir(data_dir: str) -> str:
+    """Expands ``~`` and environment variables."""
+    return os.path.expandvars(os.path.expanduser(data_dir))
+
+
+def _find_prepared(name: str, data_dir: str) -> str | None:
+    """The newest prepared version directory ``data_dir/name/X.Y.Z``, if any."""
+    root = epath.Path(data_dir) / name
+    if not root.is_dir():
+        return None
+    versions = []
+    for child in root.iterdir():
+        parts = child.name.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            if (child / "dataset_info.json").exists():
+                versions.append((tuple(int(p) for p in parts), child))
+    return os.fspath(max(versions)[1]) if versions else None
+
+
+def load_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """A tfds builder for ``name`` in ``data_dir``, preparing the embedded dataset if needed."""
+    data_dir = resolve_data_dir(data_dir)
+    if name.split("/")[0] == SYNTHETIC_NAME:
+        config = name.split("/")[1] if "/" in name else "default"
+        builder = synthetic.Yolov4Synthetic(
+            config=config, data_dir=data_dir, file_format="array_record"
+        )
+        if not builder.is_prepared():
+            os.makedirs(data_dir, exist_ok=True)
+            # Several processes may start at once (multi-host, tests): one prepares.
+            with open(os.path.join(data_dir, f".{SYNTHETIC_NAME}.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not builder.is_prepared():
+                    builder.download_and_prepare()
+            builder = synthetic.Yolov4Synthetic(
+                config=config, data_dir=data_dir, file_format="array_record"
+            )
+        return builder
+    path = _find_prepared(name, data_dir)
+    if path is None:
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared in {data_dir!r}. Convert a COCO or YOLO folder with "
+            "`python -m yolov4_jax.data.prepare ... --name NAME --data-dir DIR`, prepare a tfds "
+            "dataset in array_record format (`tfds build coco/2017 --file_format=array_record`), "
+            f"or use the embedded dataset (config.data.name={SYNTHETIC_NAME!r})."
+        )
+    return tfds.builder_from_directory(path)
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
+    """A random-access source of ``split`` whose records keep the image encoded."""
+    if split not in builder.info.splits:
+        raise KeyError(
+            f"{builder.name} has no split {split!r}; it has {sorted(builder.info.splits)}"
+        )
+    try:
+        return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError as e:
+        raise ValueError(
+            f"{builder.name} at {builder.data_dir} is not in array_record format, which is "
+            "needed for random access without TensorFlow; prepare it with "
+            "--file_format=array_record."
+        ) from e
+
+
+def class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+    """Class names from the ``objects/label`` ClassLabel feature."""
+    return tuple(builder.info.features["objects"]["label"].names)
+
+
+def dataset_info_from_builder(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+    names = class_names(builder)
+    return DatasetInfo(
+        name=builder.name,
+        num_classes=len(names),
+        class_names=names,
+        split_sizes={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+    )
+
+
+def decode_image(data: Any) -> np.ndarray:
+    """Encoded bytes (or an already decoded array) -> uint8 [H, W, 3] RGB."""
+    if isinstance(data, np.ndarray) and data.ndim == 3:
+        return data if data.shape[-1] == 3 else cv2.cvtColor(data, cv2.COLOR_GRAY2RGB)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("undecodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode(record: dict[str, Any]) -> tuple[Sample, int]:
+    """A source record -> (sample with pixel xyxy boxes, image id). Crowd boxes are dropped."""
+    image = decode_image(record["image"])
+    h, w = image.shape[:2]
+    objects = record.get("objects", {})
+    bbox = np.asarray(objects.get("bbox", []), np.float32).reshape(-1, 4)
+    labels = np.asarray(objects.get("label", []), np.int32).reshape(-1)
+    crowd = objects.get("is_crowd", objects.get("is_difficult"))
+    keep = np.ones(len(labels), bool)
+    if crowd is not None:
+        keep = ~np.asarray(crowd, bool).reshape(-1)
+    # tfds (ymin, xmin, ymax, xmax) in [0, 1] -> pixel (x1, y1, x2, y2).
+    boxes = bbox[keep][:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
+    return Sample(image, boxes.astype(np.float32), labels[keep]), int(record.get("image/id", -1))
