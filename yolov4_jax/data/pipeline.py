@@ -190,9 +190,18 @@ class _BatchTransform(grain.transforms.Map):
 class _TrainBatches(_BatchTransform):
     """Builds training batch ``step`` of one process."""
 
-    def __init__(self, config: ml_collections.ConfigDict, builder_dir: str, split: str, *,
-                 num_records: int, process_index: int, process_count: int, seed: int,
-                 batch_multiple: int):  # fmt: skip
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        builder_dir: str,
+        split: str,
+        *,
+        num_records: int,
+        process_index: int,
+        process_count: int,
+        seed: int,
+        batch_multiple: int,
+    ):
         super().__init__(builder_dir, split, config.data.workers)
         d = config.data
         self._config = ml_collections.ConfigDict(config.to_dict())
@@ -263,8 +272,16 @@ class _TrainBatches(_BatchTransform):
 class _EvalBatches(_BatchTransform):
     """Builds evaluation batch ``step``: resize only, padded with invalid rows at the end."""
 
-    def __init__(self, config: ml_collections.ConfigDict, builder_dir: str, split: str, *,
-                 num_records: int, process_index: int, process_count: int):  # fmt: skip
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        builder_dir: str,
+        split: str,
+        *,
+        num_records: int,
+        process_index: int,
+        process_count: int,
+    ):
         super().__init__(builder_dir, split, config.data.workers)
         d = config.data
         self._batch = d.eval_batch_size or d.batch_size
@@ -360,10 +377,15 @@ def create_train_iterator(
             raise ValueError(f"random_shapes_range {d.random_shapes_range}: multiples of 32")
     builder_dir, num_records = _prepared(config, split)
     transform = _TrainBatches(
-        config, builder_dir, split,
-        num_records=num_records, process_index=process_index, process_count=process_count,
-        seed=seed, batch_multiple=batch_multiple,
-    )  # fmt: skip
+        config,
+        builder_dir,
+        split,
+        num_records=num_records,
+        process_index=process_index,
+        process_count=process_count,
+        seed=seed,
+        batch_multiple=batch_multiple,
+    )
     return _loader(transform, None, d.workers)
 
 
@@ -387,9 +409,13 @@ def create_eval_iterator(
     """
     builder_dir, num_records = _prepared(config, split)
     transform = _EvalBatches(
-        config, builder_dir, split,
-        num_records=num_records, process_index=process_index, process_count=process_count,
-    )  # fmt: skip
+        config,
+        builder_dir,
+        split,
+        num_records=num_records,
+        process_index=process_index,
+        process_count=process_count,
+    )
     steps = num_eval_batches(config, num_records)
     return _loader(transform, steps, config.data.workers)
 

@@ -1,0 +1,390 @@
+"""COCO and YOLO folders -> tfds datasets: round trips and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from yolov4_jax.data import formats, prepare, sources
+
+# COCO category ids on purpose not contiguous and not sorted: labels follow ascending ids.
+CATEGORIES = [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}, {"id": 10, "name": "ten"}]
+LABEL_OF = {3: 0, 7: 1, 10: 2}
+
+
+def _write_images(folder: str, count: int, rng: np.random.Generator) -> list[dict]:
+    """PNG images (lossless, so round trips compare exactly) with 0-3 random boxes each."""
+    os.makedirs(folder, exist_ok=True)
+    items = []
+    for i in range(count):
+        h, w = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+        image = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        name = f"img_{i:03d}.png"
+        cv2.imwrite(os.path.join(folder, name), image)
+        boxes = []
+        # The first image always has boxes, the last one none.
+        n_boxes = 0 if i == count - 1 else int(rng.integers(1 if i == 0 else 0, 4))
+        for _ in range(n_boxes):
+            x0, y0 = rng.uniform(0, w - 12), rng.uniform(0, h - 12)
+            bw, bh = rng.uniform(4, w - x0), rng.uniform(4, h - y0)
+            boxes.append(
+                (
+                    [round(x0, 2), round(y0, 2), round(bw, 2), round(bh, 2)],
+                    int(rng.choice([3, 7, 10])),
+                )
+            )
+        items.append({"file": name, "h": h, "w": w, "rgb": image[..., ::-1], "boxes": boxes})
+    return items
+
+
+def _coco(folder: str, items: list[dict], first_id: int = 1) -> str:
+    images, annotations = [], []
+    for i, it in enumerate(items):
+        images.append(
+            {"id": first_id + i, "file_name": it["file"], "height": it["h"], "width": it["w"]}
+        )
+        for bbox, cat in it["boxes"]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 100,
+                    "image_id": first_id + i,
+                    "category_id": cat,
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
+    path = os.path.join(folder, "instances.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
+    return path
+
+
+def _yolo(images_dir: str, labels_dir: str, items: list[dict]) -> None:
+    os.makedirs(labels_dir, exist_ok=True)
+    for it in items:
+        lines = []
+        for (x, y, w, h), cat in it["boxes"]:
+            cx, cy = (x + w / 2) / it["w"], (y + h / 2) / it["h"]
+            lines.append(f"{LABEL_OF[cat]} {cx:.6f} {cy:.6f} {w / it['w']:.6f} {h / it['h']:.6f}")
+        stem = os.path.splitext(it["file"])[0]
+        with open(os.path.join(labels_dir, stem + ".txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def coco_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    items = _write_images(str(tmp_path / "images"), 5, rng)
+    return str(tmp_path / "images"), _coco(str(tmp_path), items), items
+
+
+def _read_back(data_dir: str, name: str, split: str) -> dict[str, tuple]:
+    builder = sources.load_builder(name, data_dir)
+    source = sources.open_split(builder, split)
+    out = {}
+    for k in range(len(source)):
+        record = source[k]
+        sample, _ = sources.decode(record)
+        filename = record["image/filename"]  # tfds Text comes back as bytes
+        out[filename.decode() if isinstance(filename, bytes) else filename] = (sample, record)
+    return out
+
+
+def _assert_matches(read: dict, items: list[dict]) -> None:
+    by_file = {it["file"]: it for it in items}
+    for filename, (sample, _) in read.items():
+        it = by_file[os.path.basename(filename)]
+        np.testing.assert_array_equal(sample.image, it["rgb"])
+        want = np.array([[x, y, x + w, y + h] for (x, y, w, h), _ in it["boxes"]]).reshape(-1, 4)
+        np.testing.assert_allclose(sample.boxes, want, atol=2e-3 * max(it["h"], it["w"]))
+        np.testing.assert_array_equal(sample.labels, [LABEL_OF[c] for _, c in it["boxes"]])
+
+
+def test_coco_round_trip(tmp_path, coco_folder) -> None:
+    images, annotations, items = coco_folder
+    rng = np.random.default_rng(1)
+    val_items = _write_images(str(tmp_path / "val"), 3, rng)
+    val_json = _coco(str(tmp_path / "val"), val_items, first_id=50)
+    data_dir = str(tmp_path / "tfds")
+    code = prepare.main(
+        [
+            "--format",
+            "coco",
+            "--images",
+            images,
+            "--annotations",
+            annotations,
+            "--val-images",
+            str(tmp_path / "val"),
+            "--val-annotations",
+            val_json,
+            "--name",
+            "my_coco",
+            "--data-dir",
+            data_dir,
+        ]
+    )
+    assert code == 0
+    info = sources.dataset_info_from_builder(sources.load_builder("my_coco", data_dir))
+    assert info.class_names == ("three", "seven", "ten")
+    assert info.split_sizes == {"train": 5, "validation": 3}
+    train = _read_back(data_dir, "my_coco", "train")
+    _assert_matches(train, items)
+    _assert_matches(_read_back(data_dir, "my_coco", "validation"), val_items)
+    ids = sorted(int(r["image/id"]) for _, r in train.values())
+    assert ids == [1, 2, 3, 4, 5]
+
+
+def test_coco_crowd_boxes_are_stored_and_dropped_by_decode(tmp_path, coco_folder) -> None:
+    images, annotations, _ = coco_folder
+    with open(annotations) as f:
+        coco = json.load(f)
+    coco["annotations"].append(
+        {"id": 999, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10], "iscrowd": 1}
+    )
+    with open(annotations, "w") as f:
+        json.dump(coco, f)
+    prepare.prepare(
+        format="coco",
+        images=images,
+        annotations=annotations,
+        name="crowd",
+        data_dir=str(tmp_path / "tfds"),
+    )
+    read = _read_back(str(tmp_path / "tfds"), "crowd", "train")
+    sample, record = read["img_000.png"]
+    assert np.asarray(record["objects"]["is_crowd"]).sum() == 1
+    assert len(sample.labels) == len(record["objects"]["label"]) - 1
+
+
+def test_yolo_round_trip_with_val_fraction(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    items = _write_images(str(tmp_path / "images"), 6, rng)
+    _yolo(str(tmp_path / "images"), str(tmp_path / "labels"), items)
+    (tmp_path / "obj.names").write_text("three\nseven\nten\n")
+    report = prepare.prepare(
+        format="yolo",
+        images=str(tmp_path / "images"),
+        labels=str(tmp_path / "labels"),
+        names=str(tmp_path / "obj.names"),
+        val_fraction=0.34,
+        name="my_yolo",
+        data_dir=str(tmp_path / "tfds"),
+    )
+    assert report.split_sizes == {"train": 4, "validation": 2}
+    train = _read_back(str(tmp_path / "tfds"), "my_yolo", "train")
+    val = _read_back(str(tmp_path / "tfds"), "my_yolo", "validation")
+    assert not set(train) & set(val)
+    _assert_matches({**train, **val}, items)
+
+
+def test_yolo_missing_label_file_means_no_objects(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    items = _write_images(str(tmp_path / "images"), 3, rng)
+    _yolo(str(tmp_path / "images"), str(tmp_path / "images"), items[:2])  # labels beside images
+    (tmp_path / "obj.names").write_text("a\nb\nc\n")
+    _, examples, problems = formats.read_yolo(
+        str(tmp_path / "images"), None, str(tmp_path / "obj.names")
+    )
+    assert not problems
+    assert len(examples[2].labels) == 0 and len(examples[0].labels) == len(items[0]["boxes"])
+
+
+def test_images_without_boxes_are_kept_or_dropped(tmp_path, coco_folder) -> None:
+    images, annotations, items = coco_folder
+    n_empty = sum(not it["boxes"] for it in items)
+    assert n_empty > 0
+    report = prepare.prepare(
+        format="coco",
+        images=images,
+        annotations=annotations,
+        name="keep",
+        data_dir=str(tmp_path / "tfds"),
+    )
+    assert report.empty_images == n_empty and report.split_sizes["train"] == 5
+    report = prepare.prepare(
+        format="coco",
+        images=images,
+        annotations=annotations,
+        name="drop",
+        data_dir=str(tmp_path / "tfds"),
+        drop_empty=True,
+    )
+    assert report.split_sizes["train"] == 5 - n_empty
+
+
+def test_existing_dataset_needs_overwrite(tmp_path, coco_folder) -> None:
+    images, annotations, _ = coco_folder
+    kwargs = dict(
+        format="coco",
+        images=images,
+        annotations=annotations,
+        name="twice",
+        data_dir=str(tmp_path / "tfds"),
+    )
+    prepare.prepare(**kwargs)
+    with pytest.raises(formats.DataError, match="--overwrite"):
+        prepare.prepare(**kwargs)
+    prepare.prepare(**kwargs, overwrite=True)
+
+
+def _break_coco(kind: str, images: str, annotations: str) -> tuple[str, str]:
+    """Introduces one ``kind`` of problem; returns (file named in the report, record named)."""
+    with open(annotations) as f:
+        coco = json.load(f)
+    ann = coco["annotations"][0]  # belongs to image id 1, img_000.png
+    img_path = os.path.join(images, "img_000.png")
+    record = f"annotation id {ann['id']}"
+    if kind == formats.MISSING_IMAGE:
+        os.remove(img_path)
+        record = "image id 1"
+    elif kind == formats.UNREADABLE_IMAGE:
+        with open(img_path, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\nnot really a png")
+        record = "image id 1"
+    elif kind == formats.SIZE_MISMATCH:
+        coco["images"][0]["width"] += 7
+        record = "image id 1"
+    elif kind == formats.OUTSIDE_IMAGE:
+        ann["bbox"] = [coco["images"][0]["width"] - 5, 2, 20, 5]
+    elif kind == formats.NON_POSITIVE_SIZE:
+        ann["bbox"] = [3, 3, 0, 5]
+    elif kind == "negative_size":
+        ann["bbox"] = [3, 3, 5, -2]
+    elif kind == formats.UNKNOWN_CATEGORY:
+        ann["category_id"] = 42
+    elif kind == formats.MALFORMED:
+        ann["bbox"] = [1, 2, 3]
+    elif kind == formats.UNKNOWN_IMAGE:
+        ann["image_id"] = 12345
+        img_path = annotations
+    with open(annotations, "w") as f:
+        json.dump(coco, f)
+    return img_path, record
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        formats.MISSING_IMAGE,
+        formats.UNREADABLE_IMAGE,
+        formats.SIZE_MISMATCH,
+        formats.OUTSIDE_IMAGE,
+        formats.NON_POSITIVE_SIZE,
+        "negative_size",
+        formats.UNKNOWN_CATEGORY,
+        formats.MALFORMED,
+        formats.UNKNOWN_IMAGE,
+    ],
+)
+def test_coco_bad_input_fails_or_skips(tmp_path, coco_folder, kind: str) -> None:
+    images, annotations, _ = coco_folder
+    file, record = _break_coco(kind, images, annotations)
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(formats.DataError) as err:
+        prepare.prepare(
+            format="coco", images=images, annotations=annotations, name="bad", data_dir=data_dir
+        )
+    assert file in str(err.value) and record in str(err.value) and "--skip-bad" in str(err.value)
+    assert not os.path.exists(os.path.join(data_dir, "bad"))
+    report = prepare.prepare(
+        format="coco",
+        images=images,
+        annotations=annotations,
+        name="bad",
+        data_dir=data_dir,
+        skip_bad=True,
+    )
+    expected_kind = formats.NON_POSITIVE_SIZE if kind == "negative_size" else kind
+    assert report.counts() == {expected_kind: 1}
+    # A bad image is skipped whole; an annotation of an unknown image is dropped alone.
+    assert report.split_sizes["train"] == (5 if kind == formats.UNKNOWN_IMAGE else 4)
+    assert report.skipped_images == (0 if kind == formats.UNKNOWN_IMAGE else 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("5 0.5 0.5 0.2 0.2", formats.UNKNOWN_CATEGORY),
+        ("0 0.95 0.5 0.2 0.2", formats.OUTSIDE_IMAGE),
+        ("0 0.5 0.5 0 0.2", formats.NON_POSITIVE_SIZE),
+        ("0 0.5 0.5 -0.1 0.2", formats.NON_POSITIVE_SIZE),
+        ("0 0.5 0.5 0.2", formats.MALFORMED),
+        ("x 0.5 0.5 0.2 0.2", formats.MALFORMED),
+    ],
+)
+def test_yolo_bad_lines(tmp_path, line: str, kind: str) -> None:
+    rng = np.random.default_rng(4)
+    items = _write_images(str(tmp_path / "images"), 3, rng)
+    _yolo(str(tmp_path / "images"), str(tmp_path / "labels"), items)
+    label_file = str(tmp_path / "labels" / "img_001.txt")
+    with open(label_file, "a") as f:
+        f.write(line + "\n")
+    (tmp_path / "obj.names").write_text("three\nseven\nten\n")
+    kwargs = dict(
+        format="yolo",
+        images=str(tmp_path / "images"),
+        labels=str(tmp_path / "labels"),
+        names=str(tmp_path / "obj.names"),
+        name="bad_yolo",
+        data_dir=str(tmp_path / "tfds"),
+    )
+    n = len(open(label_file).read().splitlines())
+    with pytest.raises(formats.DataError) as err:
+        prepare.prepare(**kwargs)
+    assert f"{label_file} [line {n}]: {kind}" in str(err.value)
+    report = prepare.prepare(**kwargs, skip_bad=True)
+    assert report.counts() == {kind: 1} and report.split_sizes["train"] == 2
+
+
+def test_clear_errors_for_missing_inputs(tmp_path) -> None:
+    with pytest.raises(formats.DataError, match="annotation file not found"):
+        prepare.prepare(
+            format="coco",
+            images=str(tmp_path),
+            annotations=str(tmp_path / "x.json"),
+            name="x",
+            data_dir=str(tmp_path),
+        )
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(formats.DataError, match="not valid JSON"):
+        prepare.prepare(
+            format="coco",
+            images=str(tmp_path),
+            name="x",
+            data_dir=str(tmp_path),
+            annotations=str(tmp_path / "broken.json"),
+        )
+    with pytest.raises(formats.DataError, match="names file not found"):
+        prepare.prepare(
+            format="yolo",
+            images=str(tmp_path),
+            names=str(tmp_path / "n"),
+            name="x",
+            data_dir=str(tmp_path),
+        )
+    with pytest.raises(formats.DataError, match="--name"):
+        prepare.prepare(
+            format="yolo", images=str(tmp_path), names="n", name="Bad-Name", data_dir=str(tmp_path)
+        )
+    assert (
+        prepare.main(
+            [
+                "--format",
+                "yolo",
+                "--images",
+                str(tmp_path),
+                "--names",
+                "nope",
+                "--name",
+                "x",
+                "--data-dir",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
