@@ -440,7 +440,8 @@ def boxes_to_original(
     ch, cw = canvas_hw
     if letterbox:
         # The canvas shows a (cw/scale, ch/scale) window centred on the image.
-        scale = xp.minimum(cw / w, ch / h)
+        # Padding rows have size 0: keep their (meaningless) output finite.
+        scale = xp.minimum(cw / xp.maximum(w, 1.0), ch / xp.maximum(h, 1.0))
         rw, rh = cw / scale, ch / scale
         x0, y0 = (w - rw) / 2, (h - rh) / 2
     else:
