@@ -92,18 +92,37 @@ def _absolute(refs: tuple[int, ...], index: int, opts: _Options, key: str) -> tu
 def _parse_layer(section: _Section, i: int, source: str) -> specs.Spec:
     kind = section.kind
     if kind in ("convolutional", "conv"):
-        o = _Options(section, i, source, {"filters", "size", "stride", "pad", "padding",
-                                          "groups", "batch_normalize", "activation"})
+        o = _Options(
+            section,
+            i,
+            source,
+            {
+                "filters",
+                "size",
+                "stride",
+                "pad",
+                "padding",
+                "groups",
+                "batch_normalize",
+                "activation",
+            },
+        )
         size = o.get("size", 1, int)
         padding = size // 2 if o.get("pad", 0, int) else o.get("padding", 0, int)
         activation = o.get("activation", "logistic")
         if activation not in specs.ACTIVATIONS:
-            raise CfgError(f"{o.where('activation')}: activation {activation!r} is not one of "
-                           f"{specs.ACTIVATIONS}")
+            raise CfgError(
+                f"{o.where('activation')}: activation {activation!r} is not one of "
+                f"{specs.ACTIVATIONS}"
+            )
         return specs.Conv(
-            filters=o.get("filters", 1, int), size=size, stride=o.get("stride", 1, int),
-            padding=padding, groups=o.get("groups", 1, int),
-            batch_normalize=bool(o.get("batch_normalize", 0, int)), activation=activation,
+            filters=o.get("filters", 1, int),
+            size=size,
+            stride=o.get("stride", 1, int),
+            padding=padding,
+            groups=o.get("groups", 1, int),
+            batch_normalize=bool(o.get("batch_normalize", 0, int)),
+            activation=activation,
         )
     if kind in ("maxpool", "max"):
         o = _Options(section, i, source, {"size", "stride", "padding"})
@@ -121,8 +140,9 @@ def _parse_layer(section: _Section, i: int, source: str) -> specs.Spec:
             raise CfgError(f"{o.where('group_id')}: group_id={group_id} not in 0..{groups - 1}")
         return specs.Route(refs, groups, group_id)
     if kind == "shortcut":
-        o = _Options(section, i, source,
-                     {"from", "activation", "weights_type", "weights_normalization"})
+        o = _Options(
+            section, i, source, {"from", "activation", "weights_type", "weights_normalization"}
+        )
         return specs.Shortcut(
             _absolute(o.ints("from", _REQUIRED), i, o, "from"),
             o.get("activation", "linear"),
@@ -203,7 +223,7 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return str(int(v))
     if isinstance(v, float):
-        return "%g" % v if math.isfinite(v) else ("1e30" if v > 0 else "-1e30")
+        return f"{v:g}" if math.isfinite(v) else ("1e30" if v > 0 else "-1e30")
     return str(v)
 
 
@@ -217,7 +237,9 @@ def format_cfg(net: dict[str, str], layer_specs) -> str:
             if s.batch_normalize:
                 out.append("batch_normalize=1")
             out += [f"filters={s.filters}", f"size={s.size}", f"stride={s.stride}"]
-            out.append("pad=1" if s.padding == s.size // 2 and s.size > 1 else f"padding={s.padding}")
+            out.append(
+                "pad=1" if s.padding == s.size // 2 and s.size > 1 else f"padding={s.padding}"
+            )
             if s.groups != 1:
                 out.append(f"groups={s.groups}")
             out.append(f"activation={s.activation}")
@@ -234,8 +256,10 @@ def format_cfg(net: dict[str, str], layer_specs) -> str:
         elif isinstance(s, specs.Shortcut):
             out += ["", "[shortcut]", f"from={rel(s.layers)}", f"activation={s.activation}"]
             if s.weights_type != "none":
-                out += [f"weights_type={s.weights_type}",
-                        f"weights_normalization={s.weights_normalization}"]
+                out += [
+                    f"weights_type={s.weights_type}",
+                    f"weights_normalization={s.weights_normalization}",
+                ]
         elif isinstance(s, specs.Sam):
             out += ["", "[sam]", f"from={rel((s.layer,))}"]
         elif isinstance(s, specs.DropBlock):

@@ -58,7 +58,8 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        # At least float32 (bfloat16 inputs), float64 when the model runs in float64.
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
@@ -187,16 +188,22 @@ class DropBlock(nn.Module):
         drop = self.probability * rate_scale
         # Seed rate so that the expected dropped fraction equals `drop` (Ghiasi et al. eq. 1).
         gamma = drop / (block * block) * (h * w) / ((h - block + 1) * (w - block + 1))
-        valid = jnp.zeros((h, w), bool).at[
-            block // 2 : h - (block - 1) // 2, block // 2 : w - (block - 1) // 2
-        ].set(True)
+        valid = (
+            jnp.zeros((h, w), bool)
+            .at[block // 2 : h - (block - 1) // 2, block // 2 : w - (block - 1) // 2]
+            .set(True)
+        )
         rng = self.make_rng("dropblock")
         seeds = jax.random.bernoulli(rng, jnp.clip(gamma, 0.0, 1.0), (n, h, w, c))
         seeds = jnp.logical_and(seeds, valid[None, :, :, None]).astype(x.dtype)
         lo = block // 2
         hi = block - 1 - lo
         mask = jax.lax.reduce_window(
-            seeds, 0.0, jax.lax.max, (1, block, block, 1), (1, 1, 1, 1),
+            seeds,
+            0.0,
+            jax.lax.max,
+            (1, block, block, 1),
+            (1, 1, 1, 1),
             ((0, 0), (hi, lo), (hi, lo), (0, 0)),
         )
         keep = 1.0 - mask

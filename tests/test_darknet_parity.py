@@ -1,0 +1,136 @@
+"""darknet.load reproduces darknet's forward pass; darknet.save reproduces the file.
+
+Ground truth is `darknet_reference`, an independent float64 NumPy model of darknet's layers.
+The cfgs are darknet's official ones from ../shared/reference when present; on a machine
+without that folder they are the project's own builders written out with `format_cfg`
+(equal to the official files, which `test_builders_equal_official_cfgs` checks where they
+are available).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import darknet_reference as ref
+from yolov4_jax import darknet
+from yolov4_jax.models import yolov4_csp_layers, yolov4_layers, yolov4_tiny_layers
+
+BUILDERS = {
+    "yolov4": yolov4_layers,
+    "yolov4-tiny": yolov4_tiny_layers,
+    "yolov4-csp": yolov4_csp_layers,
+}
+REFERENCE_DIR = ref.locate_reference_dir()
+# Relative error bounds (max |ours - reference| / max |reference|). In float64 the only
+# difference left is the final cast of the outputs to float32, so any semantic slip shows
+# (measured: 3e-8). In float32, yolov4-tiny and yolov4 stay within the issue's 1e-4.
+# yolov4-csp does not with random weights: its 175 layers amplify rounding ~1000x (rounding
+# each layer's output of the float64 reference to float32, and nothing else, already moves
+# the heads by 6e-5), and float32 convolutions give 1e-4 to 1e-3 depending on seed and
+# size, so its float32 bound is 2e-3 and its exactness rests on the float64 test.
+TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float32-csp": 2e-3}
+
+
+@pytest.fixture(scope="module")
+def cfgs(tmp_path_factory) -> dict[str, pathlib.Path]:
+    if REFERENCE_DIR is not None:
+        return {name: REFERENCE_DIR / f"{name}.cfg" for name in BUILDERS}
+    folder = tmp_path_factory.mktemp("cfg")
+    out = {}
+    for name, build in BUILDERS.items():
+        net = {"width": 416, "height": 416, "channels": 3}
+        out[name] = folder / f"{name}.cfg"
+        out[name].write_text(darknet.format_cfg(net, build()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights(cfgs, tmp_path_factory) -> dict[str, pathlib.Path]:
+    folder = tmp_path_factory.mktemp("weights")
+    out = {}
+    for seed, name in enumerate(BUILDERS):
+        out[name] = folder / f"{name}.weights"
+        ref.write_random_weights(cfgs[name], out[name], seed=seed, seen=123456789)
+    return out
+
+
+@pytest.mark.skipif(REFERENCE_DIR is None, reason="darknet's cfgs not available")
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_builders_equal_official_cfgs(name):
+    _, official = darknet.parse_cfg(REFERENCE_DIR / f"{name}.cfg")
+    assert BUILDERS[name]() == official
+
+
+def _images(size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Smooth structure plus noise, so that every receptive field sees varied input.
+    base = rng.uniform(0, 1, (2, size // 8, size // 8, 3))
+    smooth = np.kron(base, np.ones((1, 8, 8, 1)))
+    return np.clip(smooth + rng.normal(0, 0.1, smooth.shape), 0, 1).astype(np.float32)
+
+
+def _check_parity(cfg, weights_path, size: int, tolerance: float, float64: bool = False):
+    images = _images(size, seed=size)
+    expected = ref.reference_forward(cfg, weights_path, images.astype(np.float64))
+    with jax.enable_x64(float64):
+        dtype = jnp.float64 if float64 else jnp.float32
+        model, variables = darknet.load(cfg, weights_path, dtype=dtype)
+        variables = jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        outputs = apply(variables, jnp.asarray(images, dtype))
+    assert len(outputs) == len(expected) == len(model.heads)
+    for head, (got, want) in enumerate(zip(outputs, expected, strict=True)):
+        assert got.shape == want.shape
+        error = ref.relative_error(np.asarray(got), want)
+        assert error <= tolerance, f"head {head} at {size}: relative error {error:.2e}"
+        # The two images differ, so the outputs cannot be a constant the test misses.
+        assert np.abs(want[0] - want[1]).max() > 0.1 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("size", [320, 416])
+def test_tiny_parity(cfgs, weights, size):
+    _check_parity(cfgs["yolov4-tiny"], weights["yolov4-tiny"], size, TOLERANCE["float32"])
+
+
+@pytest.mark.parametrize("size", [320, 416])
+def test_yolov4_parity(cfgs, weights, size):
+    _check_parity(cfgs["yolov4"], weights["yolov4"], size, TOLERANCE["float32"])
+
+
+@pytest.mark.parametrize("size", [320, 416])
+def test_csp_parity(cfgs, weights, size):
+    _check_parity(cfgs["yolov4-csp"], weights["yolov4-csp"], size, TOLERANCE["float32-csp"])
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_parity_in_float64_is_exact(cfgs, weights, name):
+    for size in (96, 160):
+        _check_parity(cfgs[name], weights[name], size, TOLERANCE["float64"], float64=True)
+
+
+@pytest.mark.parametrize("major,minor", [(0, 2), (0, 1)])
+def test_save_round_trip_is_byte_identical(cfgs, tmp_path, major, minor):
+    """Both header variants: 64-bit `seen` (0.2) and 32-bit `seen` (0.1)."""
+    cfg = cfgs["yolov4-tiny"]
+    original = tmp_path / "in.weights"
+    ref.write_random_weights(cfg, original, seed=7, major=major, minor=minor, seen=4242)
+    model, variables = darknet.load(cfg, original)
+    saved = tmp_path / "out.weights"
+    saved_cfg = tmp_path / "out.cfg"
+    darknet.save(model, variables, saved, cfg_path=saved_cfg)
+    assert saved.read_bytes() == original.read_bytes()
+    # The exported cfg describes the same network.
+    _, layer_specs = darknet.parse_cfg(saved_cfg)
+    assert layer_specs == model.layers
+
+
+def test_full_yolov4_round_trip_is_byte_identical(cfgs, weights, tmp_path):
+    model, variables = darknet.load(cfgs["yolov4"], weights["yolov4"])
+    saved = tmp_path / "out.weights"
+    darknet.save(model, variables, saved)
+    assert saved.read_bytes() == weights["yolov4"].read_bytes()
