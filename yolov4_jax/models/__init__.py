@@ -6,6 +6,10 @@ from yolov4_jax.models.tiny import yolov4_tiny_layers
 from yolov4_jax.models.yolov4 import yolov4_layers
 
 __all__ = [
-    "Network", "layer_name", "output_shapes", "yolov4_layers", "yolov4_tiny_layers",
+    "Network",
+    "layer_name",
+    "output_shapes",
+    "yolov4_layers",
+    "yolov4_tiny_layers",
     "yolov4_csp_layers",
 ]

@@ -38,8 +38,9 @@ class Builder:
         self.layers.append(spec)
         return self.last
 
-    def conv(self, filters: int, size: int, activation: str, stride: int = 1,
-             scale: bool = True) -> int:
+    def conv(
+        self, filters: int, size: int, activation: str, stride: int = 1, scale: bool = True
+    ) -> int:
         """Conv + BN + activation with darknet's pad=1 (size // 2 on every side)."""
         f = scale_width(filters, self.width) if scale else filters
         return self.add(specs.Conv(f, size, stride, size // 2, 1, True, activation))

@@ -10,9 +10,18 @@ from yolov4_jax.models.builder import Builder, scale_depth
 from yolov4_jax.models.yolov4 import ANCHORS, MASKS, _float_pairs, csp_stage, spp
 
 HEAD_OPTIONS = dict(
-    scale_x_y=2.0, new_coords=True, jitter=0.1, ignore_thresh=0.7, truth_thresh=1.0,
-    iou_thresh=0.2, cls_normalizer=0.5, iou_normalizer=0.05, iou_loss="ciou",
-    nms_kind="diounms", beta_nms=0.6, resize=1.5,
+    scale_x_y=2.0,
+    new_coords=True,
+    jitter=0.1,
+    ignore_thresh=0.7,
+    truth_thresh=1.0,
+    iou_thresh=0.2,
+    cls_normalizer=0.5,
+    iou_normalizer=0.05,
+    iou_loss="ciou",
+    nms_kind="diounms",
+    beta_nms=0.6,
+    resize=1.5,
 )
 # Per-head values of yolov4-csp.cfg.
 PER_HEAD = (
@@ -52,8 +61,10 @@ def yolov4_csp_layers(
     b.conv(32, 1, act)
     b.conv(64, 3, act)
     b.add(specs.Shortcut((stem,)))
-    outs = [csp_stage(b, f, scale_depth(n, depth), act, f // 2)
-            for f, n in ((128, 2), (256, 8), (512, 8), (1024, 4))]
+    outs = [
+        csp_stage(b, f, scale_depth(n, depth), act, f // 2)
+        for f, n in ((128, 2), (256, 8), (512, 8), (1024, 4))
+    ]
     c3, c4 = outs[1], outs[2]
     # CSP-SPP: the SPP block on one path of a cross-stage split.
     part_a = b.conv(512, 1, act)
@@ -82,8 +93,9 @@ def yolov4_csp_layers(
     options.setdefault("classes", num_classes)
 
     def head(k: int, filters: int) -> None:
-        yolo = specs.Yolo(mask=tuple(masks[k]), anchors=_float_pairs(anchors),
-                          **dict(options, **PER_HEAD[k]))
+        yolo = specs.Yolo(
+            mask=tuple(masks[k]), anchors=_float_pairs(anchors), **dict(options, **PER_HEAD[k])
+        )
         b.conv(filters, 3, act)
         # new_coords: the prediction conv applies the logistic itself (yolo_layer.c).
         b.add(specs.Conv(len(yolo.mask) * (5 + yolo.classes), 1, 1, 0, 1, False, "logistic"))

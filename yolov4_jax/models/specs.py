@@ -130,6 +130,13 @@ class Yolo:
     random: float = 0.0
     resize: float = 1.0
 
+    def __post_init__(self):
+        if not self.mask or any(not 0 <= m < len(self.anchors) for m in self.mask):
+            raise ValueError(
+                f"[yolo] mask {self.mask} needs anchors 0..{max(self.mask, default=0)}, "
+                f"but {len(self.anchors)} anchors were given: {self.anchors}"
+            )
+
     @property
     def num(self) -> int:
         return len(self.anchors)

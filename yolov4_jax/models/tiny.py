@@ -13,9 +13,17 @@ ANCHORS = ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
 # Head at stride 32 first, then stride 16; anchor 0 is unused, as in yolov4-tiny.cfg.
 MASKS = ((3, 4, 5), (1, 2, 3))
 HEAD_OPTIONS = dict(
-    scale_x_y=1.05, cls_normalizer=1.0, iou_normalizer=0.07, iou_loss="ciou",
-    ignore_thresh=0.7, truth_thresh=1.0, random=0.0, jitter=0.3, resize=1.5,
-    nms_kind="greedynms", beta_nms=0.6,
+    scale_x_y=1.05,
+    cls_normalizer=1.0,
+    iou_normalizer=0.07,
+    iou_loss="ciou",
+    ignore_thresh=0.7,
+    truth_thresh=1.0,
+    random=0.0,
+    jitter=0.3,
+    resize=1.5,
+    nms_kind="greedynms",
+    beta_nms=0.6,
 )
 
 

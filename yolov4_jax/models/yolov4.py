@@ -11,15 +11,32 @@ from __future__ import annotations
 from yolov4_jax.models import specs
 from yolov4_jax.models.builder import Builder, scale_depth
 
-ANCHORS = ((12, 16), (19, 36), (40, 28), (36, 75), (76, 55), (72, 146), (142, 110), (192, 243),
-           (459, 401))
+ANCHORS = (
+    (12, 16),
+    (19, 36),
+    (40, 28),
+    (36, 75),
+    (76, 55),
+    (72, 146),
+    (142, 110),
+    (192, 243),
+    (459, 401),
+)
 MASKS = ((0, 1, 2), (3, 4, 5), (6, 7, 8))
 # Per-head eliminate-grid-sensitivity factors of yolov4.cfg (paper section 3.4).
 SCALE_X_Y = (1.2, 1.1, 1.05)
 # The [yolo] options shared by yolov4.cfg's three heads.
 HEAD_OPTIONS = dict(
-    jitter=0.3, ignore_thresh=0.7, truth_thresh=1.0, iou_thresh=0.213, cls_normalizer=1.0,
-    iou_normalizer=0.07, iou_loss="ciou", nms_kind="greedynms", beta_nms=0.6, max_delta=5.0,
+    jitter=0.3,
+    ignore_thresh=0.7,
+    truth_thresh=1.0,
+    iou_thresh=0.213,
+    cls_normalizer=1.0,
+    iou_normalizer=0.07,
+    iou_loss="ciou",
+    nms_kind="greedynms",
+    beta_nms=0.6,
+    max_delta=5.0,
 )
 STAGE_BLOCKS = (1, 2, 8, 8, 4)
 STAGE_FILTERS = (64, 128, 256, 512, 1024)
@@ -29,8 +46,14 @@ def _float_pairs(anchors) -> tuple[tuple[float, float], ...]:
     return tuple((float(w), float(h)) for w, h in anchors)
 
 
-def csp_stage(b: Builder, filters: int, blocks: int, activation: str, hidden: int,
-              dropblock: specs.DropBlock | None = None) -> int:
+def csp_stage(
+    b: Builder,
+    filters: int,
+    blocks: int,
+    activation: str,
+    hidden: int,
+    dropblock: specs.DropBlock | None = None,
+) -> int:
     """A cross-stage-partial stage: stride-2 conv, two 1x1 paths, residual blocks on one."""
     down = b.conv(filters, 3, activation, stride=2)
     part_a = b.conv(hidden, 1, activation)
@@ -47,16 +70,21 @@ def csp_stage(b: Builder, filters: int, blocks: int, activation: str, hidden: in
     return b.add(dropblock) if dropblock is not None else out
 
 
-def cspdarknet53(b: Builder, activation: str = "mish", depth: float = 1.0,
-                 dropblock: specs.DropBlock | None = None) -> list[int]:
+def cspdarknet53(
+    b: Builder,
+    activation: str = "mish",
+    depth: float = 1.0,
+    dropblock: specs.DropBlock | None = None,
+) -> list[int]:
     """CSPDarknet53 (Wang et al. 2020 + the YOLOv4 paper); returns the five stage outputs."""
     b.conv(32, 3, activation)
     outputs = []
     for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, STAGE_BLOCKS, strict=True)):
         # Stage 1 keeps the full width in its two paths; later stages halve it (CSP split).
         hidden = filters if stage == 0 else filters // 2
-        outputs.append(csp_stage(b, filters, scale_depth(blocks, depth), activation, hidden,
-                                 dropblock))
+        outputs.append(
+            csp_stage(b, filters, scale_depth(blocks, depth), activation, hidden, dropblock)
+        )
     return outputs
 
 
@@ -77,8 +105,9 @@ def _five_convs(b: Builder, filters: int, activation: str) -> int:
     return b.last
 
 
-def _head(b: Builder, source: int, filters: int, yolo: specs.Yolo, activation: str,
-          attention: str) -> int:
+def _head(
+    b: Builder, source: int, filters: int, yolo: specs.Yolo, activation: str, attention: str
+) -> int:
     """Optional attention on the neck output, then 3x3 conv, 1x1 prediction and [yolo]."""
     if source != b.last:
         b.route(source)
@@ -119,8 +148,11 @@ def yolov4_layers(
     if neck not in ("pan", "fpn"):
         raise ValueError(f"neck must be pan or fpn, got {neck!r}")
     b = Builder(width)
-    dropblock = (specs.DropBlock(dropblock_probability, dropblock_size)
-                 if dropblock_probability > 0 else None)
+    dropblock = (
+        specs.DropBlock(dropblock_probability, dropblock_size)
+        if dropblock_probability > 0
+        else None
+    )
     _, _, c3, c4, _ = cspdarknet53(b, backbone_activation, depth, dropblock)
     act = neck_activation
     b.conv(512, 1, act)
@@ -154,8 +186,13 @@ def yolov4_layers(
 
     def yolo(k: int) -> specs.Yolo:
         extra = {"random": 1.0} if k == len(masks) - 1 and "random" not in options else {}
-        return specs.Yolo(mask=tuple(masks[k]), anchors=_float_pairs(anchors),
-                          scale_x_y=scale_x_y[k], **options, **extra)
+        return specs.Yolo(
+            mask=tuple(masks[k]),
+            anchors=_float_pairs(anchors),
+            scale_x_y=scale_x_y[k],
+            **options,
+            **extra,
+        )
 
     _head(b, p3, 128, yolo(0), act, attention)
     if neck == "fpn":

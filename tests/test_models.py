@@ -1,0 +1,146 @@
+"""Output shapes of every variant and architecture switch, at tiny widths.
+
+Shapes come from `jax.eval_shape` (no compilation); a few combinations also run for real.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from yolov4_jax import darknet
+from yolov4_jax.models import Network, factory, output_shapes, specs
+
+SIZE = 64
+
+
+def _config(**overrides):
+    config = base.get_config().model
+    config.width = 0.0625
+    config.depth = 0.34
+    config.num_classes = 3
+    config.update(overrides)
+    return config
+
+
+def _shapes(model: Network, size: int = SIZE, train: bool = False):
+    images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    rngs = {"params": jax.random.key(0), "dropblock": jax.random.key(1)}
+    variables = jax.eval_shape(model.init, rngs, images)
+    out, _ = jax.eval_shape(
+        lambda v, x: model.apply(
+            v, x, train=train, rngs={"dropblock": jax.random.key(2)}, mutable=["batch_stats"]
+        ),
+        variables,
+        images,
+    )
+    return [o.shape for o in out], variables
+
+
+def _expected(model: Network, size: int = SIZE):
+    return [
+        (2, size // stride, size // stride, len(h.mask) * (5 + h.classes))
+        for h, stride in zip(model.heads, _strides(model), strict=True)
+    ]
+
+
+def _strides(model: Network):
+    heads = [i for i, s in enumerate(model.layers) if isinstance(s, specs.Yolo)]
+    shapes = output_shapes(model.layers, SIZE, SIZE)
+    return [SIZE // shapes[i][0] for i in heads]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"activation": "leaky"},
+        {"activation": "swish"},
+        {"activation": "relu"},
+        {"neck": "fpn"},
+        {"spp": False},
+        {"attention": "sam"},
+        {"attention": "cbam"},
+        {"fusion": "add"},
+        {"fusion": "weighted"},
+        {"dropblock": 0.1, "dropblock_size": 3},
+        {"width": 0.125, "depth": 0.67},
+        {"num_classes": 7},
+        {"anchors": ((10, 10), (20, 20), (40, 40), (60, 60), (80, 80), (100, 100))},
+        {"name": "yolov4_tiny"},
+        {"name": "yolov4_csp"},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())[:40] or "default",
+)
+def test_variant_shapes(overrides):
+    model = factory.create_model(_config(**overrides))
+    got, variables = _shapes(model, train=True)
+    assert got == _expected(model)
+    strides = _strides(model)
+    tiny = overrides.get("name") == "yolov4_tiny"
+    assert strides == ([32, 16] if tiny else [8, 16, 32])
+    if overrides.get("fusion") == "weighted":
+        fused = [k for k, v in variables["params"].items() if "weights" in v]
+        assert fused, "weighted fusion has learned weights"
+
+
+def test_strides_and_heads_of_full_variants():
+    for name, heads, strides in [
+        ("yolov4", 3, [8, 16, 32]),
+        ("yolov4_tiny", 2, [32, 16]),  # darknet's order in yolov4-tiny.cfg
+        ("yolov4_csp", 3, [8, 16, 32]),
+    ]:
+        model = factory.create_model(_config(name=name, width=1.0, depth=1.0, num_classes=80))
+        assert len(model.heads) == heads
+        assert _strides(model) == strides
+        assert all(len(h.mask) * (5 + h.classes) == 255 for h in model.heads)
+
+
+def test_anchor_count_must_match_masks():
+    with pytest.raises(ValueError, match="anchors"):
+        factory.model_layers(_config(anchors=((10, 10), (20, 20))))
+
+
+def test_unknown_switch_values_are_rejected():
+    for overrides in [{"neck": "bifpn"}, {"attention": "se"}, {"name": "yolov9"}]:
+        with pytest.raises(ValueError, match=next(iter(overrides))):
+            factory.model_layers(_config(**overrides))
+
+
+def test_dropblock_only_in_training_and_sam_runs():
+    """Real forward passes: DropBlock changes outputs in training only; SAM and weighted
+    fusion produce finite outputs; BN statistics update only in training."""
+    model = factory.create_model(
+        _config(attention="sam", fusion="weighted", dropblock=0.3, dropblock_size=3)
+    )
+    images = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 3))
+    variables = jax.jit(model.init)({"params": jax.random.key(1)}, images)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run(v, key, train):
+        return model.apply(v, images, train=train, rngs={"dropblock": key}, mutable=["batch_stats"])
+
+    eval_a, _ = run(variables, jax.random.key(2), False)
+    eval_b, _ = run(variables, jax.random.key(3), False)
+    train_a, stats = run(variables, jax.random.key(2), True)
+    train_b, _ = run(variables, jax.random.key(3), True)
+    for a, b, ta, tb in zip(eval_a, eval_b, train_a, train_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert np.isfinite(np.asarray(ta)).all()
+        assert not np.allclose(ta, tb)
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(stats["batch_stats"])
+    assert any(not np.allclose(x, y) for x, y in zip(before, after, strict=True))
+
+
+def test_cfg_export_round_trip_of_ablation(tmp_path):
+    """Ablated layer lists (except CBAM) are darknet cfgs too."""
+    layers = factory.model_layers(_config(attention="sam", neck="fpn", spp=False))
+    path = tmp_path / "ablation.cfg"
+    path.write_text(darknet.format_cfg({"width": 64, "height": 64, "channels": 3}, layers))
+    assert darknet.parse_cfg(path)[1] == layers

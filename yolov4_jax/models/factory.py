@@ -1,0 +1,61 @@
+"""The one place where a config becomes a model: `create_model(config.model)`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from yolov4_jax.models import csp, tiny, yolov4
+from yolov4_jax.models.network import Network
+
+VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cfg")
+
+
+def _head_options(model_config: ml_collections.ConfigDict) -> dict:
+    return dict(model_config.get("head_options", {}) or {})
+
+
+def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
+    """The layer specs of `config.model`; `num_classes` (from the dataset) overrides it."""
+    c = model_config
+    classes = int(num_classes if num_classes is not None else c.num_classes)
+    anchors = tuple(tuple(a) for a in c.anchors) if c.anchors else None
+    common = {"num_classes": classes}
+    if anchors:
+        common["anchors"] = anchors
+    if c.name == "yolov4":
+        return yolov4.yolov4_layers(
+            **common,
+            backbone_activation=c.activation,
+            neck=c.neck,
+            use_spp=c.spp,
+            attention=c.attention,
+            fusion=c.fusion,
+            dropblock_probability=c.dropblock,
+            dropblock_size=c.dropblock_size,
+            width=c.width,
+            depth=c.depth,
+            head_options=_head_options(c) or None,
+        )
+    if c.name == "yolov4_tiny":
+        return tiny.yolov4_tiny_layers(
+            **common, width=c.width, head_options=_head_options(c) or None
+        )
+    if c.name == "yolov4_csp":
+        return csp.yolov4_csp_layers(
+            **common, width=c.width, depth=c.depth, head_options=_head_options(c) or None
+        )
+    raise ValueError(f"config.model.name must be one of {VARIANTS}, got {c.name!r}")
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
+    """A `Network` for `config.model` (a darknet cfg file when `name == "cfg"`)."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+    if model_config.name == "cfg":
+        from yolov4_jax import darknet
+
+        return darknet.model_from_cfg(
+            model_config.cfg_path, bn_momentum=model_config.bn_momentum, dtype=dtype
+        )
+    layers = model_layers(model_config, num_classes)
+    return Network(layers, bn_momentum=model_config.bn_momentum, dtype=dtype)
