@@ -439,11 +439,15 @@ def boxes_to_original(
     h, w = size[..., 0:1], size[..., 1:2]
     ch, cw = canvas_hw
     if letterbox:
-        # The canvas shows a (cw/scale, ch/scale) window centred on the image.
-        # Padding rows have size 0: keep their (meaningless) output finite.
-        scale = xp.minimum(cw / xp.maximum(w, 1.0), ch / xp.maximum(h, 1.0))
-        rw, rh = cw / scale, ch / scale
-        x0, y0 = (w - rw) / 2, (h - rh) / 2
+        # augment.letterbox_geometry with array ops: the image fills (new_w, new_h) at (dx, dy).
+        w, h = xp.maximum(w, 1.0), xp.maximum(h, 1.0)  # padding rows have size 0
+        wide = cw / w < ch / h
+        # floor_divide of exact integer-valued floats is exact, as C's integer division.
+        new_w = xp.where(wide, cw, xp.floor_divide(w * ch, h))
+        new_h = xp.where(wide, xp.floor_divide(h * cw, w), ch)
+        dx, dy = xp.floor((cw - new_w) / 2), xp.floor((ch - new_h) / 2)
+        rw, rh = cw * w / new_w, ch * h / new_h  # the canvas's extent in original pixels
+        x0, y0 = -dx * w / new_w, -dy * h / new_h
     else:
         rw, rh, x0, y0 = w, h, 0.0, 0.0
     x = boxes[..., 0::2] * rw + x0
