@@ -232,3 +232,17 @@ def test_letterbox_keeps_aspect() -> None:
     assert out.image[5, 40, 0] == augment.LETTERBOX_FILL and out.image[40, 40, 0] == 200
     stretched = augment.resize_to_canvas(s, (80, 80), letterbox=False)
     np.testing.assert_allclose(stretched.boxes, [[0, 0, 80, 80]], atol=1e-4)
+
+
+@pytest.mark.parametrize("mix", ["none", "mosaic", "cutmix"])
+def test_full_augment_combinations_follow_pixels(mix: str) -> None:
+    """Jitter, flip and the multi-image mixes together (HSV off so colours stay recognisable)."""
+    p = AugmentParams(jitter=0.3, flip=True, cutmix_min_visible=0.6, **GEOMETRY_ONLY)
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        samples = [coloured_sample(rng) for _ in range(augment.num_images(mix))]
+        out = augment.augment(rng, samples, (96, 128), p, mix)
+        assert out.image.shape == (96, 128, 3)
+        assert_boxes_follow_pixels(out, min_inside=0.97 if mix != "cutmix" else 0.55)
+        if mix != "cutmix":
+            assert_every_colour_is_boxed(out)

@@ -244,3 +244,41 @@ def test_preview_writes_exact_inputs_and_boxes(config, tmp_path) -> None:
         np.testing.assert_allclose(index[name]["boxes"], want, atol=0.01)
         assert index[name]["labels"] == batch["labels"][i][batch["mask"][i]].tolist()
         assert (tmp_path / name.replace("input_", "annotated_")).exists()
+
+
+def test_mosaic_reads_four_distinct_records(config, monkeypatch) -> None:
+    config.data.mosaic_prob = 1.0
+    config.data.cutmix = config.data.mixup = False
+    t = pipeline._TrainBatches(
+        config,
+        "unused",
+        "train",
+        num_records=24,
+        process_index=0,
+        process_count=1,
+        seed=0,
+        batch_multiple=1,
+    )
+    builder = sources.load_builder(config.data.name, config.data.data_dir)
+    source = sources.open_split(builder, "train")
+    read: list[int] = []
+
+    def fake_read(key):
+        read.append(key)
+        return sources.decode(source[key])
+
+    monkeypatch.setattr(t, "read", fake_read)
+    for step in range(3):
+        for i in range(4):
+            del read[:]
+            t.sample(step, i, (64, 64))
+            assert len(set(read)) == 4
+
+
+def test_synthetic_dataset_is_deterministic(data_dir, tmp_path) -> None:
+    again = sources.load_builder("yolov4_synthetic/tiny", str(tmp_path))
+    first = sources.load_builder("yolov4_synthetic/tiny", data_dir)
+    a, b = sources.open_split(first, "validation"), sources.open_split(again, "validation")
+    for k in range(len(a)):
+        assert a[k]["image"] == b[k]["image"]
+        np.testing.assert_array_equal(a[k]["objects"]["bbox"], b[k]["objects"]["bbox"])
