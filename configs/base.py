@@ -24,6 +24,9 @@ def _model() -> ml_collections.ConfigDict:
     m.spp = True  # modified SPP block, max-pools 5/9/13 at stride 1 (paper section 3.4)
     m.attention = "none"  # none | sam (point-wise SAM, paper Fig. 5) | cbam (spatial attention)
     m.fusion = "concat"  # concat | add | weighted (MiWRC / BiFPN-style fast normalised fusion)
+    m.dropblock = 0.0  # DropBlock drop probability (paper: BoF for the backbone; 0 = off)
+    m.dropblock_size = 7  # DropBlock block size (darknet ramps both up over training)
+    m.head_options = {}  # overrides of the [yolo] options (ignore_thresh, scale_x_y...)
     m.bn_momentum = 0.99  # Flax convention (weight of old stats); darknet's update rate .01
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     return m

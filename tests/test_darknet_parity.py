@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pathlib
 
+import darknet_reference as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import darknet_reference as ref
 from yolov4_jax import darknet
 from yolov4_jax.models import yolov4_csp_layers, yolov4_layers, yolov4_tiny_layers
 

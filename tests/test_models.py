@@ -104,6 +104,12 @@ def test_strides_and_heads_of_full_variants():
 def test_anchor_count_must_match_masks():
     with pytest.raises(ValueError, match="anchors"):
         factory.model_layers(_config(anchors=((10, 10), (20, 20))))
+    with pytest.raises(ValueError, match="anchors"):
+        factory.model_layers(_config(name="yolov4_tiny", anchors=((1, 1),) * 5))
+    tiny = factory.model_layers(
+        _config(name="yolov4_tiny", anchors=((1, 1), (2, 2), (3, 3), (4, 4)))
+    )
+    assert [h.mask for h in tiny if isinstance(h, specs.Yolo)] == [(2, 3), (0, 1)]
 
 
 def test_unknown_switch_values_are_rejected():

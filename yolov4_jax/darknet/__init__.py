@@ -1,8 +1,8 @@
 """darknet interop: `.cfg` and `.weights` in, Flax model and variables out, and back.
 
-    model, variables = yolov4_jax.darknet.load("yolov4.cfg", "yolov4.weights")
-    heads = model.apply(variables, images, train=False)   # images [N, H, W, 3], RGB in [0, 1]
-    yolov4_jax.darknet.save(model, variables, "out.weights", cfg_path="out.cfg")
+model, variables = yolov4_jax.darknet.load("yolov4.cfg", "yolov4.weights")
+heads = model.apply(variables, images, train=False)   # images [N, H, W, 3], RGB in [0, 1]
+yolov4_jax.darknet.save(model, variables, "out.weights", cfg_path="out.cfg")
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from yolov4_jax.darknet.weights import Header, WeightsError, read_weights, write
 from yolov4_jax.models.network import Network
 
 __all__ = [
-    "CfgError", "WeightsError", "Header", "load", "save", "parse_cfg", "format_cfg",
+    "CfgError",
+    "WeightsError",
+    "Header",
+    "load",
+    "save",
+    "parse_cfg",
+    "format_cfg",
     "model_from_cfg",
 ]
 
@@ -34,18 +40,26 @@ def _channels(model: Network) -> int:
 
 
 def _check_tree(loaded, template, source: str) -> None:
-    want = {jax.tree_util.keystr(k): v.shape
-            for k, v in jax.tree_util.tree_leaves_with_path(template)}
-    got = {jax.tree_util.keystr(k): v.shape
-           for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    want = {
+        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(template)
+    }
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
     for key in sorted(set(want) | set(got)):
         if want.get(key) != got.get(key):
-            raise WeightsError(f"{source}: variable {key} is {got.get(key)} in the file's "
-                               f"layout but {want.get(key)} in the model")
+            raise WeightsError(
+                f"{source}: variable {key} is {got.get(key)} in the file's "
+                f"layout but {want.get(key)} in the model"
+            )
 
 
-def load(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None, *,
-         num_layers: int | None = None, rng: jax.Array | None = None, **network_kwargs):
+def load(
+    cfg_path: str | os.PathLike,
+    weights_path: str | os.PathLike | None = None,
+    *,
+    num_layers: int | None = None,
+    rng: jax.Array | None = None,
+    **network_kwargs,
+):
     """Builds the cfg's network and loads darknet weights into it.
 
     Args:
@@ -92,8 +106,14 @@ def _header_options(header: Header) -> dict[str, str]:
     return {k: str(v) for k, v in zip(_HEADER_KEYS, values, strict=True)}
 
 
-def save(model: Network, variables, weights_path: str | os.PathLike, *,
-         cfg_path: str | os.PathLike | None = None, header: Header | None = None) -> None:
+def save(
+    model: Network,
+    variables,
+    weights_path: str | os.PathLike,
+    *,
+    cfg_path: str | os.PathLike | None = None,
+    header: Header | None = None,
+) -> None:
     """Writes variables as darknet `.weights` (and the network as a `.cfg` if asked).
 
     The header defaults to the one the model was loaded with, else darknet's current

@@ -41,10 +41,12 @@ def _layer_arrays(layer_specs, channels: int):
         if isinstance(s, specs.Conv):
             entries = []
             if s.batch_normalize:
-                entries += [(("params", "bn", "bias"), (s.filters,)),
-                            (("params", "bn", "scale"), (s.filters,)),
-                            (("batch_stats", "bn", "mean"), (s.filters,)),
-                            (("batch_stats", "bn", "var"), (s.filters,))]
+                entries += [
+                    (("params", "bn", "bias"), (s.filters,)),
+                    (("params", "bn", "scale"), (s.filters,)),
+                    (("batch_stats", "bn", "mean"), (s.filters,)),
+                    (("batch_stats", "bn", "var"), (s.filters,)),
+                ]
             else:
                 entries.append((("params", "bias"), (s.filters,)))
             entries.append((("params", "kernel"), (s.filters, c_in // s.groups, s.size, s.size)))
@@ -90,8 +92,10 @@ def read_weights(
         seen, offset = int(np.frombuffer(data, "<i4", 1, 12)[0]), 16
     header = dataclasses.replace(header, seen=seen)
     if (len(data) - offset) % 4:
-        raise WeightsError(f"{path}: {len(data) - offset} bytes after the header is not a "
-                           "whole number of float32 values")
+        raise WeightsError(
+            f"{path}: {len(data) - offset} bytes after the header is not a "
+            "whole number of float32 values"
+        )
     values = np.frombuffer(data, "<f4", offset=offset)
     pos = 0
     tree: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -123,8 +127,9 @@ def read_weights(
     return tree, header
 
 
-def write_weights(path: str | os.PathLike, layer_specs, variables, header: Header,
-                  channels: int = 3) -> None:
+def write_weights(
+    path: str | os.PathLike, layer_specs, variables, header: Header, channels: int = 3
+) -> None:
     """Writes Flax variables as darknet `.weights` (inverse of `read_weights`)."""
     chunks = [np.array([header.major, header.minor, header.revision], "<i4").tobytes()]
     chunks.append(np.array([header.seen], "<u8" if header.wide_seen else "<i4").tobytes())
@@ -137,8 +142,10 @@ def write_weights(path: str | os.PathLike, layer_specs, variables, header: Heade
             if keys[-1] == "kernel":
                 array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
             if array.shape != tuple(shape):
-                raise WeightsError(f"layer {i}: {'/'.join(keys)} has shape {array.shape}, "
-                                   f"darknet expects {tuple(shape)}")
+                raise WeightsError(
+                    f"layer {i}: {'/'.join(keys)} has shape {array.shape}, "
+                    f"darknet expects {tuple(shape)}"
+                )
             chunks.append(np.ascontiguousarray(array).astype("<f4").tobytes())
     with open(path, "wb") as f:
         f.write(b"".join(chunks))

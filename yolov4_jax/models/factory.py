@@ -22,7 +22,18 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
     anchors = tuple(tuple(a) for a in c.anchors) if c.anchors else None
     common = {"num_classes": classes}
     if anchors:
-        common["anchors"] = anchors
+        # Custom anchors (for example from `experiments/anchors.py`) are split evenly over
+        # the heads, smallest anchors to the finest head.
+        heads = 2 if c.name == "yolov4_tiny" else 3
+        if len(anchors) % heads:
+            raise ValueError(
+                f"config.model.anchors: {len(anchors)} anchors do not split evenly over "
+                f"the {heads} heads of {c.name}"
+            )
+        per = len(anchors) // heads
+        masks = tuple(tuple(range(h * per, (h + 1) * per)) for h in range(heads))
+        # yolov4-tiny lists its stride-32 head first.
+        common.update(anchors=anchors, masks=masks[::-1] if heads == 2 else masks)
     if c.name == "yolov4":
         return yolov4.yolov4_layers(
             **common,
