@@ -282,3 +282,15 @@ def test_synthetic_dataset_is_deterministic(data_dir, tmp_path) -> None:
     for k in range(len(a)):
         assert a[k]["image"] == b[k]["image"]
         np.testing.assert_array_equal(a[k]["objects"]["bbox"], b[k]["objects"]["bbox"])
+
+
+def test_eval_is_split_across_processes(config) -> None:
+    config.data.batch_size = 4  # 2 rows per process; 12 images -> 3 batches on each process
+    ids, counts = [], []
+    for index in range(2):
+        batches = list(data.create_eval_iterator(config, process_index=index, process_count=2))
+        counts.append(len(batches))
+        for b in batches:
+            assert b["image"].shape[0] == 2
+            ids += b["image_id"][b["valid"]].tolist()
+    assert counts == [3, 3] and len(ids) == 12 and len(set(ids)) == 12
