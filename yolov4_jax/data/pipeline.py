@@ -147,10 +147,10 @@ class _StepSource:
 class _BatchTransform(grain.transforms.Map):
     """Shared part of the train and eval transforms: lazy, picklable access to the records."""
 
-    def __init__(self, builder_dir: str, split: str, canvas_workers: int):
+    def __init__(self, builder_dir: str, split: str, workers: int):
         self._builder_dir = builder_dir
         self._split = split
-        self._in_worker = canvas_workers > 0
+        self._in_worker = workers > 0
         self._source = None
         self._lock = threading.Lock()
 
@@ -173,9 +173,7 @@ class _BatchTransform(grain.transforms.Map):
             if self._source is None:
                 if self._in_worker:
                     cv2.setNumThreads(1)  # one worker process per core; avoid oversubscription
-                import tensorflow_datasets as tfds
-
-                builder = tfds.builder_from_directory(self._builder_dir)
+                builder = sources.builder_from_directory(self._builder_dir)
                 self._source = sources.open_split(builder, self._split)
             return self._source
 

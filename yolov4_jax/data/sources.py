@@ -90,6 +90,11 @@ def load_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return tfds.builder_from_directory(path)
 
 
+def builder_from_directory(path: str) -> tfds.core.DatasetBuilder:
+    """The builder of a prepared dataset version directory (``data_dir/name/X.Y.Z``)."""
+    return tfds.builder_from_directory(path)
+
+
 def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
     """A random-access source of ``split`` whose records keep the image encoded."""
     if split not in builder.info.splits:
