@@ -15,6 +15,9 @@ from yolov4_jax.boxes import xywh_to_xyxy
 Array = jax.Array
 
 
+MAX_LOG_SCALE = 20.0  # cap on tw, th before exp (float32 overflow guard)
+
+
 def decode_yolo(
     raw: Array,
     anchors: Array,
@@ -73,8 +76,12 @@ def decode_yolo(
     centre = jnp.stack([col + offset[..., 0], row + offset[..., 1]], axis=-1) / grid_size
 
     # get_yolo_box: exp(t) * anchor, or 4 * t^2 * anchor for new_coords (t already in (0, 1),
-    # so a box spans 0..4 anchors).
-    scale = 4.0 * jnp.square(twh) if new_coords else jnp.exp(twh)
+    # so a box spans 0..4 anchors). darknet does not bound t; here it is capped at MAX_LOG_SCALE
+    # (a box e^20 anchors wide) so a wild logit cannot overflow float32 into inf and NaN gradients.
+    if new_coords:
+        scale = 4.0 * jnp.square(twh)
+    else:
+        scale = jnp.exp(jnp.minimum(twh, MAX_LOG_SCALE))
     size = scale * anchors  # [N, H, W, A, 2]
 
     boxes = xywh_to_xyxy(jnp.concatenate([centre, size], axis=-1))  # [N, H, W, A, 4]

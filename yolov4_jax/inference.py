@@ -1,0 +1,93 @@
+"""From raw head outputs to detections: decode every head, then NMS, in one jitted function.
+
+Shared by detection (`yolov4_jax.detect`), evaluation and the training loop's periodic
+evaluation, so every path decodes boxes the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from yolov4_jax.decode import decode_yolo
+from yolov4_jax.models import Network, specs
+from yolov4_jax.nms import Detections, nms
+
+
+@dataclasses.dataclass(frozen=True)
+class NmsOptions:
+    """Post-processing settings (darknet's detector defaults: thresh .25, nms .45)."""
+
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    kind: str = "greedy"  # greedy | diou (DIoU-NMS, paper section 3.4)
+    beta: float = 0.6  # DIoU-NMS exponent (darknet's beta_nms)
+    max_detections: int = 100
+    pre_nms_top_k: int = 1000
+
+
+def nms_options_for(heads: Sequence[specs.Yolo], **overrides) -> NmsOptions:
+    """NmsOptions with the cfg's nms_kind and beta_nms (darknet's `greedynms` is DIoU-NMS
+    since AlexeyAB/darknet c7e3e2e, see `yolov4_jax.nms`)."""
+    head = heads[0]
+    kind = "diou" if head.nms_kind in ("greedynms", "diounms") else "greedy"
+    options = NmsOptions(kind=kind, beta=head.beta_nms)
+    return dataclasses.replace(options, **overrides)
+
+
+def decode_heads(
+    outputs: Sequence[jax.Array], heads: Sequence[specs.Yolo], image_hw: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
+    """All heads decoded and concatenated.
+
+    Returns boxes `[N, M, 4]` xyxy normalised to the network input and scores `[N, M, C]`
+    (objectness times class probability, darknet's `prob`), M summed over heads.
+    """
+    height, width = image_hw
+    all_boxes, all_scores = [], []
+    for raw, head in zip(outputs, heads, strict=True):
+        # get_yolo_box divides the pixel anchors by the network input size.
+        anchors = jnp.asarray(head.head_anchors, jnp.float32) / jnp.asarray([width, height])
+        boxes, obj, cls = decode_yolo(
+            raw,
+            anchors,
+            num_classes=head.classes,
+            scale_x_y=head.scale_x_y,
+            new_coords=bool(head.new_coords),
+        )
+        all_boxes.append(boxes)
+        all_scores.append(obj[..., None] * cls)
+    return jnp.concatenate(all_boxes, axis=1), jnp.concatenate(all_scores, axis=1)
+
+
+def make_predict_fn(model: Network, options: NmsOptions):
+    """A jitted `predict(variables, images) -> Detections` for `model`.
+
+    `images` is `[N, H, W, 3]`, uint8 (divided by 255 on the device) or float in [0, 1].
+    Detection boxes are xyxy normalised to the input; traced once per input shape.
+    """
+    heads = model.heads
+    if not heads:
+        raise ValueError("the model has no [yolo] layers, so it is not a detector")
+
+    @jax.jit
+    def predict(variables, images: jax.Array) -> Detections:
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 255.0
+        outputs = model.apply(variables, images, train=False)
+        boxes, scores = decode_heads(outputs, heads, images.shape[1:3])
+        return nms(
+            jnp.clip(boxes, 0.0, 1.0),
+            scores,
+            iou_threshold=options.iou_threshold,
+            score_threshold=options.score_threshold,
+            max_detections=options.max_detections,
+            kind=options.kind,
+            beta=options.beta,
+            pre_nms_top_k=options.pre_nms_top_k,
+        )
+
+    return predict
