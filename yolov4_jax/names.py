@@ -14,4 +14,3 @@ COCO_NAMES = (
 )
 COCO_NAMES = tuple(name.replace("_", " ") for name in COCO_NAMES.split())
 assert len(COCO_NAMES) == 80
-
