@@ -32,25 +32,41 @@ def _colour(label: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in bgr)
 
 
-def annotate(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names) -> np.ndarray:
-    """RGB image [H, W, 3] with pixel xyxy boxes and class names drawn; returns BGR for cv2."""
+def annotate(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    names,
+    scores: np.ndarray | None = None,
+    *,
+    thickness: int = 1,
+) -> np.ndarray:
+    """RGB image [H, W, 3] with pixel xyxy boxes and class names drawn; returns BGR for cv2.
+
+    With ``scores`` each label reads "name 0.87". ``thickness`` scales lines and text.
+    """
     out = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
+    font_scale = 0.35 * thickness
+    for i, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, labels, strict=True)):
         colour = _colour(int(label))
         p0, p1 = (int(round(x0)), int(round(y0))), (int(round(x1)) - 1, int(round(y1)) - 1)
-        cv2.rectangle(out, p0, p1, colour, 1)
+        cv2.rectangle(out, p0, p1, colour, thickness)
         text = names[label] if label < len(names) else str(label)
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)
-        top = max(p0[1] - th - 3, 0)
-        cv2.rectangle(out, (p0[0], top), (p0[0] + tw + 2, top + th + 3), colour, -1)
+        if scores is not None:
+            text = f"{text} {float(scores[i]):.2f}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        top = max(p0[1] - th - 3 * thickness, 0)
+        cv2.rectangle(
+            out, (p0[0], top), (p0[0] + tw + 2 * thickness, top + th + 3 * thickness), colour, -1
+        )
         cv2.putText(
             out,
             text,
-            (p0[0] + 1, top + th + 1),
+            (p0[0] + thickness, top + th + thickness),
             cv2.FONT_HERSHEY_SIMPLEX,
-            0.35,
+            font_scale,
             (0, 0, 0),
-            1,
+            thickness,
             cv2.LINE_AA,
         )
     return out
