@@ -1,0 +1,208 @@
+"""COCO box metrics of a detector on a dataset split.
+
+    python -m yolov4_jax.evaluate --config=configs/base.py --cfg=yolov4.cfg \
+        --weights=yolov4.weights [--split=validation] [--thresh=0.001] [--nms_thresh=0.6] \
+        [--max_detections=100] [--max_batches=0] [--out=metrics.json] \
+        [--config.data.name=coco/2017 --config.data.data_dir=DIR \
+         --config.data.eval_image_size=608 --config.data.eval_batch_size=8]
+
+The model is a darknet ``--cfg`` with ``--weights``, else ``config.model`` (with the darknet
+weights of ``--weights`` or ``config.model.weights``); see `load_model`. The thresholds default to
+darknet's COCO run (``detector valid``: thresh .001, nms .6, the cfg's nms_kind). Images are
+resized to ``config.data.eval_image_size or config.data.image_size``, stretched unless
+``config.data.letterbox`` (darknet's ``letter_box=1``). Prints AP, AP50, AP75, AP by object
+size and per class (`yolov4_jax.evaluation`), and writes them as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from yolov4_jax import darknet, data, evaluation, inference
+from yolov4_jax.darknet import weights as darknet_weights
+from yolov4_jax.models import Network, factory
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (data, model).")
+_CFG = flags.DEFINE_string("cfg", None, "Darknet .cfg (default: config.model).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Darknet .weights (default: config.model.weights).")
+_SPLIT = flags.DEFINE_string("split", "validation", "Dataset split to evaluate.")
+_THRESH = flags.DEFINE_float("thresh", 0.001, "Score threshold (darknet detector valid: .001).")
+_NMS_THRESH = flags.DEFINE_float("nms_thresh", 0.6, "NMS IoU threshold (detector valid: .6).")
+_MAX_DETECTIONS = flags.DEFINE_integer("max_detections", 100, "Detections per image (COCO: 100).")
+_MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "Evaluate only this many batches (0: all).")
+_OUT = flags.DEFINE_string("out", None, "Write the metrics to this JSON file.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print pycocotools' own summary too.")
+flags.mark_flags_as_required(["config"])
+
+
+def _random_variables(model: Network, seed: int) -> Any:
+    logging.warning("no weights given: evaluating randomly initialised variables")
+    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3), jnp.float32))
+
+
+def load_model(
+    config: ml_collections.ConfigDict,
+    *,
+    cfg: str | None = None,
+    weights: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[Network, Any]:
+    """The model and variables to evaluate.
+
+    A darknet ``cfg`` (or ``config.model.cfg_path`` when ``config.model.name == "cfg"``) with
+    ``weights``; otherwise `factory.create_model(config.model, num_classes)` with the darknet
+    ``weights`` (or ``config.model.weights``). No weights at all: random variables, with a warning.
+    """
+    weights = weights or config.model.weights or None
+    if cfg or config.model.name == "cfg":
+        cfg = cfg or config.model.cfg_path
+        if weights is None:
+            model = darknet.model_from_cfg(cfg)
+            return model, _random_variables(model, config.seed)
+        return darknet.load(cfg, weights)
+    model = factory.create_model(config.model, num_classes)
+    if weights is None:
+        return model, _random_variables(model, config.seed)
+    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables, _ = darknet_weights.read_weights(weights, model.layers, 3, None)
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree.leaves_with_path(template)}
+    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree.leaves_with_path(variables)}
+    if want != got:
+        wrong = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise darknet.WeightsError(
+            f"{weights} does not fit config.model ({config.model.name}): {wrong[0]} is "
+            f"{got.get(wrong[0])} in the file, {want.get(wrong[0])} in the model"
+        )
+    return model, jax.tree.map(jnp.asarray, variables)
+
+
+def _check_canvas(model: Network, config: ml_collections.ConfigDict) -> None:
+    """Warns when the evaluation canvas or resize differ from the cfg's [net] (darknet's run)."""
+    net = dict(model.net)
+    if not net:  # not from a cfg
+        return
+    canvas = config.data.eval_image_size or config.data.image_size
+    size = (int(net.get("height", canvas)), int(net.get("width", canvas)))
+    if size != (canvas, canvas):
+        logging.warning("evaluating at %dx%d; the cfg's [net] is %dx%d", canvas, canvas, *size)
+    if bool(int(net.get("letter_box", 0))) != bool(config.data.letterbox):
+        logging.warning(
+            "config.data.letterbox=%s but the cfg has letter_box=%s",
+            config.data.letterbox,
+            net.get("letter_box", 0),
+        )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    *,
+    cfg: str | None = None,
+    weights: str | None = None,
+    split: str = "validation",
+    thresh: float = 0.001,
+    nms_thresh: float = 0.6,
+    max_detections: int = 100,
+    max_batches: int | None = None,
+    verbose: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Loads the model (`load_model`) and returns `evaluation.evaluate`'s metrics on ``split``."""
+    info = data.dataset_info(config)
+    model, variables = load_model(config, cfg=cfg, weights=weights, num_classes=info.num_classes)
+    if not model.heads:
+        raise ValueError("the model has no [yolo] layers, so it is not a detector")
+    if model.heads[0].classes != info.num_classes:
+        raise ValueError(
+            f"the model predicts {model.heads[0].classes} classes, {info.name} has "
+            f"{info.num_classes}"
+        )
+    _check_canvas(model, config)
+    options = inference.nms_options_for(
+        model.heads,
+        score_threshold=thresh,
+        iou_threshold=nms_thresh,
+        max_detections=max_detections,
+    )
+    predict = inference.make_predict_fn(model, options)
+    if jax.device_count() > 1:
+        batch = config.data.eval_batch_size or config.data.batch_size
+        if batch % jax.device_count():
+            raise ValueError(f"eval batch {batch} is not divisible by {jax.device_count()} devices")
+        predict = evaluation.shard_predict_fn(
+            predict, jax.make_mesh((jax.device_count(),), ("data",))
+        )
+    return evaluation.evaluate(
+        predict,
+        variables,
+        config,
+        split=split,
+        class_names=info.class_names,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        max_batches=max_batches,
+        progress=progress,
+        verbose=verbose,
+    )
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """The summary metrics, then AP@[.5:.95] per class, one per line."""
+    lines = [f"{int(metrics['num_images'])} images, {int(metrics['num_detections'])} detections"]
+    lines += [f"  {name:<10} {metrics[name]:.4f}" for name in evaluation.STAT_NAMES]
+    per_class = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP/")]
+    if per_class:
+        width = max(len(name) for name, _ in per_class)
+        lines.append("AP@[.5:.95] per class:")
+        lines += [f"  {name:<{width}} {value:.4f}" for name, value in per_class]
+    return "\n".join(lines)
+
+
+def write_json(metrics: Mapping[str, float], path: str) -> None:
+    """Metrics as a JSON object; NaN (undefined) is written as null."""
+    clean = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+    with open(path, "w") as f:
+        json.dump(clean, f, indent=1)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config.get("train") is not None and config.train.get("distributed", False):
+        jax.distributed.initialize()
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+    logging.getLogger().setLevel(logging.INFO)
+    metrics = run(
+        config,
+        cfg=_CFG.value,
+        weights=_WEIGHTS.value,
+        split=_SPLIT.value,
+        thresh=_THRESH.value,
+        nms_thresh=_NMS_THRESH.value,
+        max_detections=_MAX_DETECTIONS.value,
+        max_batches=_MAX_BATCHES.value or None,
+        verbose=_VERBOSE.value,
+        progress=True,
+    )
+    if jax.process_index() == 0:
+        print(f"{config.data.name} {_SPLIT.value}: " + format_metrics(metrics))
+        if _OUT.value:
+            write_json(metrics, _OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
