@@ -114,11 +114,35 @@ def _data() -> ml_collections.ConfigDict:
     return d
 
 
+def _train() -> ml_collections.ConfigDict:
+    """The train loop (yolov4_jax/train.py): BN mode, SAT, DropBlock ramp, logging, checkpoints."""
+    t = ml_collections.ConfigDict()
+    t.bn = "bn"  # bn (yolov4.cfg batch_normalize=1, synced over devices) | cmbn (paper 3.3)
+    t.sat = False  # Self-Adversarial Training, paper section 3.3 (yolov4.cfg: off)
+    t.sat_prob = 0.5  # fraction of micro-batches after burn-in that get SAT (darknet .5)
+    t.sat_lr = 0.05  # darknet adversarial_lr; the step is sat_lr * step / max_batches
+    t.unroll_subdivisions = False  # unroll the micro-batch loop (faster on CPU, slower compile)
+    t.dropblock_ramp = 0.85  # DropBlock probability ramps up over this fraction of training
+    t.log_every = 50  # steps between metric writes (metrics.jsonl, TensorBoard, progress)
+    t.eval_every = 5000  # steps between evaluations on the validation split (0: end only)
+    t.checkpoint_every = 1000  # steps between checkpoints (also at eval, SIGTERM and the end)
+    t.best_metric = "AP"  # eval metric that picks the kept best checkpoint
+    t.eval_split = "validation"
+    t.eval_max_batches = 0  # evaluate on at most this many batches (0: the whole split)
+    t.eval_score_threshold = 0.005  # darknet `detector map` confidence threshold
+    t.eval_iou_threshold = 0.45  # darknet `detector map` NMS threshold
+    t.eval_max_detections = 100  # per image, COCO's maxDets
+    t.detections_image = True  # write WORKDIR/detections.png (validation images) at the end
+    t.distributed = False  # call jax.distributed.initialize() (multi-host GPU/TPU)
+    return t
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = _model()
     config.data = _data()
     config.loss = _loss()
     config.optim = _optim()
+    config.train = _train()
     config.seed = 0
     return config

@@ -21,9 +21,15 @@ from ml_collections import config_flags
 
 from yolov4_jax import data
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
-_NUM = flags.DEFINE_integer("num", 16, "Number of images to write.")
+
+def _define_flags():
+    # Defined only when run as a program, so importing `annotate` defines no absl flags.
+    config = config_flags.DEFINE_config_file(
+        "config", None, "Training config file.", lock_config=True
+    )
+    out = flags.DEFINE_string("out", None, "Output folder.")
+    num = flags.DEFINE_integer("num", 16, "Number of images to write.")
+    return config, out, num
 
 
 def _colour(label: int) -> tuple[int, int, int]:
@@ -104,14 +110,16 @@ def write_preview(config: ml_collections.ConfigDict, out_dir: str, num: int) -> 
 
 
 def main(argv) -> None:
+    config, out, num = _FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if _OUT.value is None:
+    if out.value is None:
         raise app.UsageError("--out is required")
-    index = write_preview(_CONFIG.value, _OUT.value, _NUM.value)
-    print(f"wrote {len(index)} inputs, annotated copies and boxes.json to {_OUT.value}")
+    index = write_preview(config.value, out.value, num.value)
+    print(f"wrote {len(index)} inputs, annotated copies and boxes.json to {out.value}")
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -46,7 +46,8 @@ class BatchNorm(nn.Module):
     `momentum` is the weight of the old running value (Flax's convention): darknet's
     rolling update `.99 * old + .01 * batch` is momentum 0.99 here. Under `jax.jit` with a
     batch sharded over a `data` mesh axis the batch statistics are global, i.e. synchronised
-    BatchNorm across devices comes for free.
+    BatchNorm across devices comes for free. When the `cmbn` collection is passed and
+    mutable, training-mode statistics are CmBN's (see `_cmbn_statistics`).
     """
 
     momentum: float = 0.99
@@ -62,6 +63,10 @@ class BatchNorm(nn.Module):
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
+        elif self.is_mutable_collection("cmbn") and not self.is_initializing():
+            mean, var = self._cmbn_statistics(x32, features)
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         else:
             mean = jnp.mean(x32, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
@@ -70,6 +75,24 @@ class BatchNorm(nn.Module):
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         y = (x32 - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
         return y.astype(x.dtype)
+
+    def _cmbn_statistics(self, x32: jax.Array, features: int) -> tuple[jax.Array, jax.Array]:
+        """Cross mini-batch statistics (CmBN, paper section 3.3; darknet fast_v_cbn_kernel).
+
+        The `cmbn` collection holds, per layer, the running averages of mean and E[x^2] over
+        the micro-batches of the current update and their count k. Micro-batch k normalises
+        with ((k-1) * acc + its own) / k; earlier micro-batches enter as constants (their
+        gradients were taken in their own pass), var = E[x^2] - mean^2 as darknet. The train
+        step resets the collection to zeros at the start of every update.
+        """
+        acc_mean = self.variable("cmbn", "mean", jnp.zeros, (features,), jnp.float32)
+        acc_sq = self.variable("cmbn", "mean_sq", jnp.zeros, (features,), jnp.float32)
+        count = self.variable("cmbn", "count", jnp.zeros, (), jnp.float32)
+        k = count.value + 1.0
+        mean = (acc_mean.value * count.value + jnp.mean(x32, axis=(0, 1, 2))) / k
+        mean_sq = (acc_sq.value * count.value + jnp.mean(jnp.square(x32), axis=(0, 1, 2))) / k
+        acc_mean.value, acc_sq.value, count.value = mean, mean_sq, k
+        return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
 class ConvBN(nn.Module):

@@ -1,0 +1,577 @@
+"""The train loop behind `python -m yolov4_jax.main`: one jitted step, checkpoints, metrics, eval.
+
+The step (`make_train_step`) is one XLA computation per input shape: the global batch is split
+into ``optim.subdivisions`` micro-batches and scanned; each micro-batch optionally gets
+Self-Adversarial Training, runs forward with BatchNorm (synchronised over the ``data`` mesh axis)
+or CmBN (statistics accumulated over the micro-batches of the update, the ``cmbn`` collection),
+and adds its gradient; then the optax chain updates the weights, and the EMA follows. A
+non-finite loss or gradient leaves the state untouched and is reported; the loop then stops.
+
+`train_and_evaluate(config, workdir)` owns everything around it: the data mesh, the grain
+iterator, orbax checkpoints (state and iterator position; the latest and the best are kept;
+resume is automatic; SIGTERM saves and exits), metrics (WORKDIR/metrics.jsonl and TensorBoard
+event files), a progress bar, periodic COCO evaluation and a picture of detections at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from yolov4_jax import data as data_lib
+from yolov4_jax import losses, optim
+from yolov4_jax.models import Network, factory
+
+Array = jax.Array
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data iterator's position."""
+
+    step: Array  # optimizer updates applied so far (int32)
+    params: PyTree
+    batch_stats: PyTree  # BN running statistics (darknet's rolling mean and variance)
+    opt_state: PyTree
+    ema_params: PyTree  # EMA of params ({} when config.optim.ema is off)
+    rng: Array  # uint32 [2] raw key, folded with the step inside the train step
+
+
+def init_variables(
+    model: Network, config: ml_collections.ConfigDict, rng: Array, image_size: int
+) -> dict[str, PyTree]:
+    """Initial ``params`` and ``batch_stats``; darknet weights from ``config.model.weights``."""
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = jax.jit(model.init)(rng, dummy)
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    if config.model.weights:
+        from yolov4_jax.darknet import weights as dw
+
+        num_layers = config.model.weights_num_layers
+        tree, _ = dw.read_weights(
+            config.model.weights, model.layers, 3, None if num_layers < 0 else num_layers
+        )
+        merged = jax.tree.map(np.asarray, variables)
+        for collection, layers in tree.items():
+            for name, leaves in layers.items():
+                target = merged[collection].get(name)
+                shapes = jax.tree.map(np.shape, leaves)
+                if target is None or jax.tree.map(np.shape, target) != shapes:
+                    raise ValueError(
+                        f"{config.model.weights}: {collection}/{name} has shapes {shapes}, "
+                        f"the model expects {jax.tree.map(np.shape, target)}"
+                    )
+                merged[collection][name] = leaves
+        variables = jax.tree.map(jnp.asarray, merged)
+    return variables
+
+
+def create_train_state(
+    model: Network,
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    rng: Array,
+) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = init_variables(model, config, init_rng, 64)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if config.optim.ema else {},
+        rng=jax.random.key_data(state_rng) if _is_typed_key(state_rng) else state_rng,
+    )
+
+
+def _is_typed_key(key: Array) -> bool:
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def zero_cmbn(batch_stats: PyTree) -> PyTree:
+    """The ``cmbn`` collection at the start of an update: zeros beside every BN layer."""
+    if isinstance(batch_stats, Mapping) and set(batch_stats) == {"mean", "var"}:
+        zeros = jnp.zeros_like(batch_stats["mean"])
+        return {"mean": zeros, "mean_sq": zeros, "count": jnp.zeros((), jnp.float32)}
+    return {k: zero_cmbn(v) for k, v in batch_stats.items()}
+
+
+def sat_images(
+    model: Network,
+    variables: PyTree,
+    images: Array,
+    heads,
+    loss_options: losses.LossOptions,
+    step_size: Array,
+) -> Array:
+    """Self-Adversarial Training's first stage (darknet train_network_datum_gpu).
+
+    The network runs with BN in inference mode against an empty ground truth, so the loss only
+    asks every prediction to report "no object"; the images move by ``step_size`` down that
+    loss's gradient (darknet adds ``adversarial_lr * iter / max_batches`` times the input
+    delta, which is the negative gradient), hiding the objects from the current detector, and
+    are clipped to [0, 1]. The gradient is per image (the loss summed over the batch). darknet's
+    yolo layer additionally pushes confident classes and boxes away in this stage; that part
+    is not reproduced (docs: the loss's empty-truth form is used as it is).
+    """
+    b, m = images.shape[0], 1
+    empty = {
+        "boxes": jnp.zeros((b, m, 4), jnp.float32),
+        "labels": jnp.zeros((b, m), jnp.int32),
+        "mask": jnp.zeros((b, m), bool),
+    }
+
+    def suppress_loss(x):
+        outputs = model.apply(variables, x, train=False)
+        loss, _ = losses.yolo_loss(outputs, empty, heads, loss_options, image_hw=x.shape[1:3])
+        return loss * b
+
+    grad = jax.grad(suppress_loss)(images)
+    return jnp.clip(images - step_size * grad, 0.0, 1.0)
+
+
+def make_train_step(
+    model: Network,
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict[str, Array]]]:
+    """The jitted ``step(state, batch) -> (state, metrics)``.
+
+    ``batch`` holds ``image`` uint8 [B, H, W, 3] and ``boxes``/``labels``/``mask`` (the data
+    pipeline's contract); with a mesh, B is sharded over its ``data`` axis. Metrics are device
+    scalars: the loss terms averaged over the micro-batches, counts summed, ``lr``,
+    ``grad_norm``, ``sat`` (fraction of micro-batches that got SAT) and ``finite``.
+    """
+    heads = model.heads
+    loss_options = losses.loss_options(config.loss)
+    subdivisions = int(config.optim.subdivisions)
+    total_steps = int(config.optim.max_batches)
+    tc = config.train
+    if tc.bn not in ("bn", "cmbn"):
+        raise ValueError(f"config.train.bn must be 'bn' or 'cmbn', got {tc.bn!r}")
+    use_cmbn = tc.bn == "cmbn" and subdivisions > 1
+    mutable = ["batch_stats", "cmbn"] if use_cmbn else ["batch_stats"]
+    ema_on = bool(config.optim.ema)
+    micro_spec = P(None, "data") if mesh is not None else None
+
+    def constrain(x, spec):
+        if mesh is None or spec is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    def split(x):
+        # Row i*S + s goes to micro-batch s, so every micro-batch keeps the batch's sharding
+        # over devices (each device holds B / (D * S) rows of each micro-batch).
+        b = x.shape[0]
+        y = x.reshape(b // subdivisions, subdivisions, *x.shape[1:]).swapaxes(0, 1)
+        return constrain(y, micro_spec)
+
+    def step_fn(state: TrainState, batch: dict[str, Array]):
+        b = batch["image"].shape[0]
+        if b % subdivisions:
+            raise ValueError(f"batch {b} is not divisible by subdivisions {subdivisions}")
+        micro = {k: split(batch[k]) for k in ("image", "boxes", "labels", "mask")}
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        keys = jax.random.split(rng, subdivisions)
+        progress = state.step.astype(jnp.float32) / max(total_steps, 1)
+        dropblock_scale = jnp.minimum(1.0, progress / max(tc.dropblock_ramp, 1e-9))
+        sat_on = jnp.logical_and(tc.sat, state.step >= config.optim.burn_in)
+        sat_step = tc.sat_lr * progress
+
+        def micro_step(carry, xs):
+            grads_acc, batch_stats, cmbn = carry
+            mb, key = xs
+            sat_key, drop_key = jax.random.split(key)
+            images = mb["image"].astype(jnp.float32) / 255.0
+            do_sat = jnp.logical_and(sat_on, jax.random.bernoulli(sat_key, tc.sat_prob))
+            if tc.sat:
+                frozen = {"params": state.params, "batch_stats": batch_stats}
+                images = jax.lax.cond(
+                    do_sat,
+                    lambda x: sat_images(model, frozen, x, heads, loss_options, sat_step),
+                    lambda x: x,
+                    images,
+                )
+
+            def loss_fn(params):
+                variables = {"params": params, "batch_stats": batch_stats}
+                if use_cmbn:
+                    variables["cmbn"] = cmbn
+                outputs, new_vars = model.apply(
+                    variables,
+                    images,
+                    train=True,
+                    dropblock_scale=dropblock_scale,
+                    rngs={"dropblock": drop_key},
+                    mutable=mutable,
+                )
+                loss, metrics = losses.yolo_loss(
+                    outputs, mb, heads, loss_options, image_hw=images.shape[1:3]
+                )
+                return loss, (metrics, new_vars)
+
+            (_, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params
+            )
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            metrics = dict(metrics, sat=do_sat.astype(jnp.float32))
+            new_cmbn = new_vars["cmbn"] if use_cmbn else cmbn
+            return (grads_acc, new_vars["batch_stats"], new_cmbn), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        cmbn0 = zero_cmbn(state.batch_stats) if use_cmbn else {}
+        carry = (zeros, state.batch_stats, cmbn0)
+        if subdivisions == 1 or tc.unroll_subdivisions:
+            # XLA:CPU runs convolutions inside a while loop several times slower than
+            # outside one, so short accumulations can be unrolled (longer compile).
+            per_micro = []
+            for i in range(subdivisions):
+                carry, m = micro_step(carry, jax.tree.map(lambda x, i=i: x[i], (micro, keys)))
+                per_micro.append(m)
+            metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_micro)
+        else:
+            carry, metrics = jax.lax.scan(micro_step, carry, (micro, keys))
+        grads, batch_stats, _ = carry
+        grads = jax.tree.map(lambda g: g / subdivisions, grads)
+        metrics = {
+            k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in metrics.items()
+        }
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        if ema_on:
+            o = config.optim
+            new_state = new_state.replace(
+                ema_params=optim.ema_update(
+                    state.ema_params,
+                    params,
+                    o.ema_decay,
+                    state.step + 1,
+                    warmup_steps=o.ema_warmup_steps,
+                    start_step=o.ema_start_step,
+                )
+            )
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.logical_and(jnp.isfinite(metrics["total"]), jnp.isfinite(grad_norm))
+        # A non-finite loss or gradient must not poison the weights: keep the old state.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        metrics.update(lr=schedule(state.step), grad_norm=grad_norm, finite=finite)
+        return new_state, metrics
+
+    if mesh is None:
+        return jax.jit(step_fn, donate_argnums=0)
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+class MetricWriter:
+    """WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self._enabled = enabled
+        self._tb = None
+        if enabled:
+            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+                logging.warning("tensorboardX missing: no TensorBoard event files")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self._enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks once per step (save, then exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_mesh() -> Mesh:
+    """A 1-D ``data`` mesh over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
+    """This process's rows -> global arrays sharded over ``data``."""
+    sharding = NamedSharding(mesh, P("data"))
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+    }
+
+
+def _check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    b, s = config.data.batch_size, config.optim.subdivisions
+    if s < 1 or b % (s * num_devices) and not config.data.dynamic_minibatch:
+        raise ValueError(
+            f"config.data.batch_size={b} must be divisible by config.optim.subdivisions={s} "
+            f"times the {num_devices} devices"
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates.
+
+    Returns the last evaluation's metrics (``eval/...`` keys; empty if none ran).
+    """
+    from yolov4_jax import checkpoints
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    mesh = make_mesh()
+    num_devices = mesh.devices.size
+    _check_batch(config, num_devices)
+
+    info = data_lib.dataset_info(config)
+    model = factory.create_model(config.model, num_classes=info.num_classes)
+    if not model.heads:
+        raise ValueError("the detector train loop needs a model with [yolo] heads")
+    total_steps = int(config.optim.max_batches)
+    tx, schedule = optim.make_optimizer(
+        config.optim, global_batch_size=config.data.batch_size, total_steps=total_steps
+    )
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(
+        create_train_state(model, config, tx, jax.random.PRNGKey(config.seed)), replicated
+    )
+    local_devices = jax.local_device_count()
+    train_iter = data_lib.create_train_iterator(
+        config,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        seed=config.seed,
+        batch_multiple=local_devices * config.optim.subdivisions,
+    )
+    ckpt = checkpoints.Checkpointer(workdir, best_metric=config.train.best_metric)
+    state = ckpt.restore_latest(state, train_iter)
+    start_step = int(jax.device_get(state.step))
+    if start_step:
+        logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+
+    train_step = make_train_step(model, config, tx, schedule, mesh)
+    writer = MetricWriter(workdir, enabled=is_main)
+    evaluator = functools.partial(_evaluate, model=model, config=config, info=info, mesh=mesh)
+    tc = config.train
+    eval_metrics: dict[str, float] = {}
+    pending: list[tuple[int, dict[str, Array]]] = []
+    step = start_step
+    last_time, last_step = time.time(), step
+    images_seen = 0
+    progress = _progress_bar(is_main, start_step, total_steps)
+    try:
+        with _Preemption() as preemption:
+            while step < total_steps:
+                local = next(train_iter)
+                images_seen += local["image"].shape[0] * jax.process_count()
+                state, metrics = train_step(state, global_batch(local, mesh))
+                step += 1
+                pending.append((step, metrics))
+                at_end = step == total_steps
+                if step % tc.log_every == 0 or at_end or preemption.requested:
+                    now = time.time()
+                    summary = _summarise(pending, ckpt)
+                    summary["train/images_per_sec"] = images_seen / max(now - last_time, 1e-9)
+                    summary["train/steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
+                    writer.write(step, summary)
+                    progress.update(step - last_step)
+                    progress.set_postfix(_postfix(summary), refresh=False)
+                    pending, last_time, last_step, images_seen = [], now, step, 0
+                do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
+                if do_eval:
+                    eval_metrics = evaluator(state)
+                    writer.write(step, eval_metrics)
+                    ckpt.save(step, state, train_iter, eval_metrics, force=True)
+                    if is_main:
+                        logging.info("step %d: %s", step, _format_eval(eval_metrics))
+                elif step % tc.checkpoint_every == 0 or preemption.requested:
+                    ckpt.save(step, state, train_iter)
+                if preemption.requested:
+                    logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
+                    break
+    finally:
+        progress.close()
+        ckpt.close()
+        writer.close()
+    if step >= total_steps and tc.detections_image and is_main:
+        _write_detections_image(model, state, config, info, workdir)
+    return eval_metrics
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _summarise(pending, ckpt) -> dict[str, float]:
+    """Host means of the pending steps' metrics; stops the run at the first non-finite one."""
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, fetched, strict=True):
+        if not bool(m["finite"]):
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {step} (loss terms: "
+                f"box={float(m['box']):.4g} obj={float(m['obj']):.4g} cls={float(m['cls']):.4g}, "
+                f"grad_norm={float(m['grad_norm']):.4g}); the update was not applied. The last "
+                f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
+                "config.optim.learning_rate, raise config.optim.burn_in or set "
+                "config.optim.grad_clip_norm."
+            )
+    keys = [k for k in fetched[0] if k != "finite"]
+    return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in keys}
+
+
+def _postfix(summary: Mapping[str, float]) -> dict[str, str]:
+    short = {"total": "loss", "box": "box", "obj": "obj", "cls": "cls", "lr": "lr"}
+    out = {v: f"{summary[f'train/{k}']:.4g}" for k, v in short.items() if f"train/{k}" in summary}
+    out["img/s"] = f"{summary['train/images_per_sec']:.1f}"
+    return out
+
+
+def _format_eval(metrics: Mapping[str, float]) -> str:
+    keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+    return " ".join(f"{k}={metrics[f'eval/{k}']:.4f}" for k in keys if f"eval/{k}" in metrics)
+
+
+def eval_variables(state: TrainState) -> dict[str, PyTree]:
+    """The weights evaluation uses: the EMA when it is on, else the trained ones."""
+    params = state.ema_params if state.ema_params else state.params
+    return {"params": params, "batch_stats": state.batch_stats}
+
+
+def _nms_options(config: ml_collections.ConfigDict, heads):
+    from yolov4_jax import inference
+
+    tc = config.train
+    return inference.nms_options_for(
+        heads,
+        score_threshold=tc.eval_score_threshold,
+        iou_threshold=tc.eval_iou_threshold,
+        max_detections=tc.eval_max_detections,
+    )
+
+
+def _evaluate(state: TrainState, *, model, config, info, mesh) -> dict[str, float]:
+    from yolov4_jax import evaluation, inference
+
+    predict = inference.make_predict_fn(model, _nms_options(config, model.heads))
+    if mesh.devices.size > 1:
+        predict = evaluation.shard_predict_fn(predict, mesh)
+    max_batches = config.train.eval_max_batches or None
+    metrics = evaluation.evaluate(
+        predict,
+        eval_variables(state),
+        config,
+        split=config.train.eval_split,
+        class_names=info.class_names,
+        max_batches=max_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return {f"eval/{k}": float(v) for k, v in metrics.items() if _is_number(v)}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float | np.floating | np.integer) and math.isfinite(float(v))
+
+
+def _write_detections_image(model, state, config, info, workdir: str, num: int = 8) -> str:
+    """WORKDIR/detections.png: the first validation images with the model's detections."""
+    import cv2
+
+    from yolov4_jax import inference
+    from yolov4_jax.data import preview
+
+    options = inference.nms_options_for(model.heads, score_threshold=0.25)
+    predict = inference.make_predict_fn(model, options)
+    eval_config = ml_collections.ConfigDict(config.to_dict())
+    eval_config.data.eval_batch_size = num
+    batch = next(data_lib.create_eval_iterator(eval_config, config.train.eval_split))
+    dets = jax.device_get(predict(eval_variables(state), jnp.asarray(batch["image"])))
+    tiles = []
+    side = batch["image"].shape[1]
+    for i in range(num):
+        if not batch["valid"][i]:
+            continue
+        keep = dets.valid[i]
+        boxes = dets.boxes[i][keep] * side
+        tiles.append(
+            preview.annotate(batch["image"][i], boxes, dets.classes[i][keep], info.class_names)
+        )
+    cols = min(4, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    blank = np.zeros_like(tiles[0])
+    tiles += [blank] * (rows * cols - len(tiles))
+    grid = np.concatenate(
+        [np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0
+    )
+    path = os.path.join(workdir, "detections.png")
+    cv2.imwrite(path, grid)
+    return path
