@@ -52,6 +52,7 @@ def _loss() -> ml_collections.ConfigDict:
 def _optim() -> ml_collections.ConfigDict:
     """yolov4_jax.optim.make_optimizer: darknet's SGD, burn-in and schedule."""
     o = ml_collections.ConfigDict()
+    o.optimizer = "sgd"  # sgd (darknet) | adam (beta1 = momentum; for short runs such as the demo)
     o.learning_rate = 0.0013  # at reference_batch_size images per update (yolov4.cfg)
     o.reference_batch_size = 64  # lr scales linearly with the global batch (darknet: x #GPUs)
     o.momentum = 0.949  # SGD momentum (yolov4.cfg)

@@ -97,6 +97,23 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )["state"]
 
+    def restore_variables(self, which: str = "best") -> dict[str, Any]:
+        """``{"params", "batch_stats"}`` for inference from the best or the latest checkpoint,
+        without a template (the EMA weights when the run kept them)."""
+        if which not in ("best", "latest"):
+            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+        manager = self._best if which == "best" else self._latest
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None and which == "best":  # no evaluation yet: fall back to the latest
+            manager, step = self._latest, self._latest.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory} or {self.best_directory}")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+            "state"
+        ]
+        params = state["ema_params"] if state.get("ema_params") else state["params"]
+        return {"params": params, "batch_stats": state["batch_stats"]}
+
     def wait(self) -> None:
         self._latest.wait_until_finished()
         self._best.wait_until_finished()
@@ -105,3 +122,31 @@ class Checkpointer:
         self.wait()
         self._latest.close()
         self._best.close()
+
+
+def load_for_inference(workdir: str, which: str = "best"):
+    """``(config, model, variables, class_names)`` of a training run's workdir.
+
+    Reads ``WORKDIR/config.json`` and ``WORKDIR/dataset.json`` (written when training starts)
+    and the ``which`` ("best" or "latest") checkpoint; the dataset itself is not needed.
+    """
+    import ml_collections
+
+    from yolov4_jax.models import factory
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    paths = [os.path.join(workdir, name) for name in ("config.json", "dataset.json")]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
+    with open(paths[0]) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(paths[1]) as f:
+        class_names = list(json.load(f)["class_names"])
+    model = factory.create_model(config.model, num_classes=len(class_names))
+    checkpointer = Checkpointer(workdir, best_metric=config.train.best_metric)
+    try:
+        variables = checkpointer.restore_variables(which)
+    finally:
+        checkpointer.close()
+    return config, model, jax.tree.map(jax.numpy.asarray, variables), class_names

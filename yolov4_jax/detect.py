@@ -1,6 +1,7 @@
-"""Detect objects in image files with a darknet cfg and weights.
+"""Detect objects in image files with a darknet cfg and weights, or a training run's checkpoint.
 
     python -m yolov4_jax.detect --cfg yolov4.cfg --weights yolov4.weights --out DIR IMAGE...
+    python -m yolov4_jax.detect --workdir WORKDIR [--checkpoint best|latest] --out DIR IMAGE...
         [--size 608 | --size 640x480] [--letterbox] [--names coco.names] [--thresh .25]
         [--nms-thresh .45] [--nms-kind greedy|diou] [--max-detections 100]
 
@@ -217,8 +218,17 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--cfg", required=True, help="darknet .cfg")
-    parser.add_argument("--weights", required=True, help="darknet .weights")
+    parser.add_argument("--cfg", help="darknet .cfg (with --weights)")
+    parser.add_argument("--weights", help="darknet .weights (with --cfg)")
+    parser.add_argument(
+        "--workdir", help="a training workdir: its model and checkpoint instead of --cfg/--weights"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "latest"),
+        default="best",
+        help="which checkpoint of --workdir (default: best)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--size",
@@ -256,14 +266,35 @@ def load_darknet(args: argparse.Namespace) -> tuple[Network, Any]:
     return darknet.load(args.cfg, args.weights)
 
 
+def load_model(args: argparse.Namespace) -> tuple[Network, Any, tuple[int, int] | None, Any]:
+    """(model, variables, default size, class names or None) from the command line's source."""
+    if args.workdir:
+        if args.cfg or args.weights:
+            raise DetectError("pass either --workdir or --cfg with --weights, not both")
+        from yolov4_jax import checkpoints
+
+        try:
+            config, model, variables, names = checkpoints.load_for_inference(
+                args.workdir, args.checkpoint
+            )
+        except FileNotFoundError as e:
+            raise DetectError(str(e)) from None
+        side = config.data.eval_image_size or config.data.image_size
+        return model, variables, (side, side), names
+    if not (args.cfg and args.weights):
+        raise DetectError("pass --cfg and --weights (darknet files), or --workdir")
+    model, variables = load_darknet(args)
+    return model, variables, default_size(model), None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         missing = [p for p in args.images if not os.path.isfile(p)]
         if missing:  # checked before the (slow) model load
             raise DetectError("\n".join(f"{p}: image not found" for p in missing))
-        model, variables = load_darknet(args)
-        size = args.size or default_size(model)
+        model, variables, size, trained_names = load_model(args)
+        size = args.size or size
         if size is None:
             raise DetectError(f"{args.cfg}: no [net] width and height; pass --size")
         if not model.heads:
@@ -276,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.nms_kind is not None:
             overrides["kind"] = args.nms_kind
         options = nms_options_for(model.heads, **overrides)
-        names = class_names(model.heads[0].classes, args.names)
+        if trained_names is not None and args.names is None:
+            names = list(trained_names)
+        else:
+            names = class_names(model.heads[0].classes, args.names)
         results = detect_images(
             model,
             variables,

@@ -6,7 +6,10 @@
         [--config.data.name=coco/2017 --config.data.data_dir=DIR \
          --config.data.eval_image_size=608 --config.data.eval_batch_size=8]
 
-The model is a darknet ``--cfg`` with ``--weights``, else ``config.model`` (with the darknet
+    python -m yolov4_jax.evaluate --workdir=WORKDIR [--checkpoint=best|latest] [--config=...]
+
+The model is a training run's checkpoint (``--workdir``; its config.json unless ``--config`` is
+given), a darknet ``--cfg`` with ``--weights``, else ``config.model`` (with the darknet
 weights of ``--weights`` or ``config.model.weights``); see `load_model`. The thresholds default to
 darknet's COCO run (``detector valid``: thresh .001, nms .6, the cfg's nms_kind). Images are
 resized to ``config.data.eval_image_size or config.data.image_size``, stretched unless
@@ -43,8 +46,11 @@ _NMS_THRESH = flags.DEFINE_float("nms_thresh", 0.6, "NMS IoU threshold (detector
 _MAX_DETECTIONS = flags.DEFINE_integer("max_detections", 100, "Detections per image (COCO: 100).")
 _MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "Evaluate only this many batches (0: all).")
 _OUT = flags.DEFINE_string("out", None, "Write the metrics to this JSON file.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training workdir: evaluate its checkpoint (config: its config.json)."
+)
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which --workdir one.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print pycocotools' own summary too.")
-flags.mark_flags_as_required(["config"])
 
 
 def _random_variables(model: Network, seed: int) -> Any:
@@ -117,10 +123,22 @@ def run(
     max_batches: int | None = None,
     verbose: bool = False,
     progress: bool = False,
+    workdir: str | None = None,
+    checkpoint: str = "best",
 ) -> dict[str, float]:
-    """Loads the model (`load_model`) and returns `evaluation.evaluate`'s metrics on ``split``."""
+    """Loads the model (`load_model`, or the ``checkpoint`` of a training ``workdir``) and
+    returns `evaluation.evaluate`'s metrics on ``split``."""
     info = data.dataset_info(config)
-    model, variables = load_model(config, cfg=cfg, weights=weights, num_classes=info.num_classes)
+    if workdir:
+        if cfg or weights:
+            raise ValueError("pass either --workdir or --cfg/--weights, not both")
+        from yolov4_jax import checkpoints
+
+        _, model, variables, _ = checkpoints.load_for_inference(workdir, checkpoint)
+    else:
+        model, variables = load_model(
+            config, cfg=cfg, weights=weights, num_classes=info.num_classes
+        )
     if not model.heads:
         raise ValueError("the model has no [yolo] layers, so it is not a detector")
     if model.heads[0].classes != info.num_classes:
@@ -180,6 +198,14 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if config is None:
+        if not _WORKDIR.value:
+            raise app.UsageError("pass --config, or --workdir of a training run")
+        path = os.path.join(_WORKDIR.value, "config.json")
+        if not os.path.exists(path):
+            raise app.UsageError(f"{path} is missing: is --workdir a training workdir?")
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
     if config.get("train") is not None and config.train.get("distributed", False):
         jax.distributed.initialize()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -197,6 +223,8 @@ def main(argv: list[str]) -> None:
         max_batches=_MAX_BATCHES.value or None,
         verbose=_VERBOSE.value,
         progress=True,
+        workdir=_WORKDIR.value,
+        checkpoint=_CHECKPOINT.value,
     )
     if jax.process_index() == 0:
         print(f"{config.data.name} {_SPLIT.value}: " + format_metrics(metrics))

@@ -133,7 +133,8 @@ def make_optimizer(
 
     The chain: optional global-norm clipping (``grad_clip_norm`` > 0; darknet has none, its
     only clipping is the loss's per-delta ``max_delta``), L2 decay of the conv kernels,
-    momentum (heavy ball, darknet's form; ``nesterov`` as an option), the schedule.
+    momentum (heavy ball, darknet's form; ``nesterov`` as an option) or, with
+    ``optimizer="adam"``, Adam's scaling, then the schedule.
     """
     schedule = learning_rate_schedule(
         optim_config, global_batch_size=global_batch_size, total_steps=total_steps
@@ -143,7 +144,16 @@ def make_optimizer(
         parts.append(optax.clip_by_global_norm(optim_config["grad_clip_norm"]))
     if optim_config["weight_decay"] > 0:
         parts.append(optax.add_decayed_weights(optim_config["weight_decay"], weight_decay_mask))
-    parts.append(optax.trace(decay=optim_config["momentum"], nesterov=optim_config["nesterov"]))
+    name = optim_config.get("optimizer", "sgd")
+    if name == "sgd":
+        parts.append(
+            optax.trace(decay=optim_config["momentum"], nesterov=optim_config["nesterov"])
+        )
+    elif name == "adam":
+        # Adam with `momentum` as beta1 (yolov5's --optimizer Adam); decay stays L2 as above.
+        parts.append(optax.scale_by_adam(b1=optim_config["momentum"], b2=0.999))
+    else:
+        raise ValueError(f"config.optim.optimizer must be 'sgd' or 'adam', got {name!r}")
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule
 

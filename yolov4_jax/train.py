@@ -273,7 +273,7 @@ def make_train_step(
                     start_step=o.ema_start_step,
                 )
             )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.logical_and(jnp.isfinite(metrics["total"]), jnp.isfinite(grad_norm))
         # A non-finite loss or gradient must not poison the weights: keep the old state.
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
@@ -372,9 +372,13 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates.
 
+    ``stop_at_step`` ends this run early at that step with a checkpoint, as a preemption
+    would (for time-boxed jobs; the schedule still follows ``optim.max_batches``).
     Returns the last evaluation's metrics (``eval/...`` keys; empty if none ran).
     """
     from yolov4_jax import checkpoints
@@ -397,6 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        with open(os.path.join(workdir, "dataset.json"), "w") as f:
+            json.dump({"name": info.name, "class_names": list(info.class_names)}, f, indent=1)
 
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(
@@ -455,6 +461,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     ckpt.save(step, state, train_iter)
                 if preemption.requested:
                     logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
+                    break
+                if stop_at_step is not None and step >= stop_at_step and not at_end:
+                    ckpt.save(step, state, train_iter)
                     break
     finally:
         progress.close()

@@ -1,0 +1,52 @@
+"""Every config file loads, has every base field, and builds its model and loss options."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import base
+from yolov4_jax import losses
+from yolov4_jax.models import factory
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+NAMES = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+    if not os.path.basename(p).startswith("_")
+)
+
+
+def _flat_keys(config, prefix=""):
+    keys = set()
+    for k, v in config.items():
+        if hasattr(v, "items") and k not in ("head_options",):
+            keys |= _flat_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(prefix + k)
+    return keys
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_builds(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert _flat_keys(config) == _flat_keys(base.get_config()), "fields must come from base.py"
+    losses.loss_options(config.loss)
+    model = factory.create_model(config.model, num_classes=5)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    assert "params" in shapes
+    assert config.data.batch_size % config.optim.subdivisions == 0
+
+
+def test_unknown_field_is_an_error():
+    config = base.get_config()
+    config.lock()  # as `--config` (config_flags locks the config before applying overrides)
+    with pytest.raises(AttributeError):
+        config.optim.learning_rat = 0.1  # noqa: B018 - a typo must not pass silently
+    with pytest.raises(KeyError):
+        config.update_from_flattened_dict({"loss.box_los": "giou"})

@@ -1,0 +1,266 @@
+"""The train step and loop: CmBN, SAT, overfitting, tracing, non-finite guard, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test_tiny
+from yolov4_jax import losses, optim, train
+from yolov4_jax.models import factory, layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cmbn_first_micro_batch_equals_batchnorm():
+    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)) * 2 + 1
+    bn = layers.BatchNorm()
+    variables = bn.init(jax.random.key(1), x, False)
+    plain, _ = bn.apply(variables, x, False, mutable=["batch_stats"])
+    cmbn = train.zero_cmbn(variables["batch_stats"])
+    cross, _ = bn.apply({**variables, "cmbn": cmbn}, x, False, mutable=["batch_stats", "cmbn"])
+    np.testing.assert_allclose(cross, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_cmbn_accumulates_statistics_over_micro_batches():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    xs = [
+        jax.random.normal(k1, (2, 4, 4, 3)),
+        jax.random.normal(k2, (2, 4, 4, 3)) * 3 + 2,
+        jax.random.normal(k3, (2, 4, 4, 3)) - 1,
+    ]
+    bn = layers.BatchNorm()
+    variables = bn.init(jax.random.key(1), xs[0], False)
+    cmbn = train.zero_cmbn(variables["batch_stats"])
+    for k, x in enumerate(xs):
+        y, new = bn.apply({**variables, "cmbn": cmbn}, x, False, mutable=["batch_stats", "cmbn"])
+        cmbn = new["cmbn"]
+        # Direct computation: the statistics of all micro-batches so far (equal sizes).
+        seen = np.concatenate([np.asarray(v) for v in xs[: k + 1]])
+        mean = seen.mean(axis=(0, 1, 2))
+        var = (seen**2).mean(axis=(0, 1, 2)) - mean**2
+        expected = (np.asarray(x) - mean) / np.sqrt(var + layers.BN_EPSILON)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+        assert float(cmbn["count"]) == k + 1
+
+
+def _setup(**overrides):
+    config = test_tiny.get_config()
+    for key, value in overrides.items():
+        group, field = key.split(".")
+        config[group][field] = value
+    model = factory.create_model(config.model, num_classes=5)
+    tx, schedule = optim.make_optimizer(
+        config.optim,
+        global_batch_size=config.data.batch_size,
+        total_steps=config.optim.max_batches,
+    )
+    state = train.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    return config, model, tx, schedule, state
+
+
+def _batch(size=64, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (batch, size, size, 3)).astype(np.uint8)
+    boxes = np.zeros((batch, 8, 4), np.float32)
+    labels = np.zeros((batch, 8), np.int32)
+    mask = np.zeros((batch, 8), bool)
+    for i in range(batch):
+        # One bright square per image, the same in every image so that overfitting is easy.
+        images[i, 16:40, 20:44] = (220, 40, 40)
+        boxes[i, 0] = (20 / size, 16 / size, 44 / size, 40 / size)
+        labels[i, 0] = 2
+        mask[i, 0] = True
+    return {
+        "image": jnp.asarray(images),
+        "boxes": jnp.asarray(boxes),
+        "labels": jnp.asarray(labels),
+        "mask": jnp.asarray(mask),
+    }
+
+
+def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
+    batch = _batch()
+    results = []
+    for bn in ("bn", "cmbn"):
+        config, model, tx, schedule, state = _setup(**{"train.bn": bn, "optim.subdivisions": 1})
+        step = train.make_train_step(model, config, tx, schedule)
+        new_state, metrics = step(state, batch)
+        results.append((new_state.params, float(metrics["total"])))
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)
+    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_batch_overfits():
+    config, model, tx, schedule, state = _setup(
+        **{
+            "optim.max_batches": 150,
+            "optim.burn_in": 10,
+            "optim.learning_rate": 0.01,
+            "optim.subdivisions": 1,
+            "optim.schedule": "constant",
+        }
+    )
+    step = train.make_train_step(model, config, tx, schedule)
+    batch = _batch(batch=4)
+    totals = []
+    for _ in range(150):
+        state, metrics = step(state, batch)
+        totals.append(float(metrics["total"]))
+    assert totals[-1] < 0.05 * totals[0], totals[::10]
+    assert step._cache_size() == 1  # traced once for one input shape
+
+
+def test_step_is_traced_once_per_input_shape():
+    config, model, tx, schedule, state = _setup()
+    step = train.make_train_step(model, config, tx, schedule)
+    for size in (64, 64, 96, 64, 96):
+        state, _ = step(state, _batch(size=size))
+    assert step._cache_size() == 2
+
+
+def test_sat_keeps_images_in_range_and_lowers_confidence():
+    config, model, tx, schedule, state = _setup()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    images = _batch()["image"].astype(jnp.float32) / 255.0
+    options = losses.loss_options(config.loss)
+    adversarial = train.sat_images(model, variables, images, model.heads, options, 0.05)
+
+    def max_objectness(x):
+        outputs = model.apply(variables, x, train=False)
+        return max(
+            float(jax.nn.sigmoid(o.reshape(*o.shape[:3], 3, -1)[..., 4]).mean()) for o in outputs
+        )
+
+    assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
+    assert not np.allclose(adversarial, images)
+    assert max_objectness(adversarial) < max_objectness(images)
+
+
+def test_sat_runs_inside_the_step_after_burn_in():
+    config, model, tx, schedule, state = _setup(
+        **{"train.sat": True, "train.sat_prob": 1.0, "optim.burn_in": 0}
+    )
+    step = train.make_train_step(model, config, tx, schedule)
+    state, metrics = step(state, _batch())
+    assert float(metrics["sat"]) == 1.0
+    assert bool(metrics["finite"])
+
+
+def test_non_finite_update_is_skipped():
+    config, model, tx, schedule, state = _setup(**{"optim.learning_rate": 1e30, "optim.burn_in": 0})
+    step = train.make_train_step(model, config, tx, schedule)
+    finite = []
+    for _ in range(4):
+        previous = jax.tree.map(np.asarray, state.params)
+        state, metrics = step(state, _batch())
+        finite.append(bool(metrics["finite"]))
+        if not finite[-1]:
+            for a, b in zip(jax.tree.leaves(previous), jax.tree.leaves(state.params), strict=True):
+                np.testing.assert_array_equal(a, b)
+            break
+    assert not all(finite)
+
+
+def _run(workdir, tmp_data, stop_at_step=None, **overrides):
+    config = test_tiny.get_config()
+    config.data.data_dir = str(tmp_data)
+    config.train.log_every = 1
+    config.train.detections_image = False
+    config.train.eval_max_batches = 1
+    for key, value in overrides.items():
+        group, field = key.split(".")
+        config[group][field] = value
+    return train.train_and_evaluate(config, str(workdir), stop_at_step=stop_at_step)
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
+
+
+def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_dir):
+    _run(tmp_path / "straight", tiny_data_dir)
+    _run(tmp_path / "resumed", tiny_data_dir, stop_at_step=2)
+    assert sorted(_losses(tmp_path / "resumed")) == [1, 2]
+    metrics = _run(tmp_path / "resumed", tiny_data_dir)
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for k in straight:
+        assert resumed[k] == pytest.approx(straight[k], rel=1e-5), (k, straight, resumed)
+    assert "eval/AP50" in metrics
+    assert os.path.isdir(tmp_path / "resumed" / "best")
+
+    # detect and evaluate read the run's checkpoint and class names.
+    import cv2
+
+    from yolov4_jax import detect, evaluate
+
+    image = tmp_path / "shapes.png"
+    cv2.imwrite(str(image), np.full((50, 70, 3), 128, np.uint8))
+    args = ["--workdir", str(tmp_path / "resumed"), "--out", str(tmp_path / "det"), str(image)]
+    assert detect.main(args + ["--thresh", "0.0", "--max-detections", "3"]) == 0
+    with open(tmp_path / "det" / "shapes.json") as f:
+        found = json.load(f)
+    assert len(found) == 3
+    assert {d["name"] for d in found} <= {"circle", "square", "triangle", "cross", "ring"}
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 70 for d in found)
+    config = test_tiny.get_config()
+    config.data.data_dir = str(tiny_data_dir)
+    again = evaluate.run(
+        config, workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45
+    )
+    assert again["AP50"] == pytest.approx(metrics["eval/AP50"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
+        _run(
+            tmp_path / "nan",
+            tiny_data_dir,
+            **{"optim.learning_rate": 1e30, "optim.burn_in": 0, "optim.max_batches": 8},
+        )
+
+
+def test_one_device_and_eight_devices_give_the_same_update():
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np
+        import test_train as t
+        from yolov4_jax import train
+        assert jax.device_count() == 8, jax.devices()
+        updates = []
+        for mesh in (None, train.make_mesh()):
+            config, model, tx, schedule, state = t._setup(**{"optim.subdivisions": 2})
+            step = train.make_train_step(model, config, tx, schedule, mesh)
+            batch = t._batch(batch=16)
+            if mesh is not None:
+                batch = train.global_batch(jax.device_get(batch), mesh)
+                replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                state = jax.device_put(state, replicated)
+            state, metrics = step(state, batch)
+            updates.append((jax.device_get(state.params), float(metrics["total"])))
+        assert abs(updates[0][1] - updates[1][1]) <= 1e-5 * abs(updates[0][1]), updates
+        for a, b in zip(jax.tree.leaves(updates[0][0]), jax.tree.leaves(updates[1][0])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        print("ok")
+        """
+    )
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
