@@ -146,9 +146,7 @@ def make_optimizer(
         parts.append(optax.add_decayed_weights(optim_config["weight_decay"], weight_decay_mask))
     name = optim_config.get("optimizer", "sgd")
     if name == "sgd":
-        parts.append(
-            optax.trace(decay=optim_config["momentum"], nesterov=optim_config["nesterov"])
-        )
+        parts.append(optax.trace(decay=optim_config["momentum"], nesterov=optim_config["nesterov"]))
     elif name == "adam":
         # Adam with `momentum` as beta1 (yolov5's --optimizer Adam); decay stays L2 as above.
         parts.append(optax.scale_by_adam(b1=optim_config["momentum"], b2=0.999))
