@@ -45,6 +45,7 @@ def _loss() -> ml_collections.ConfigDict:
     loss.label_smoothing = placeholder(float)  # class label smoothing eps (paper BoF; cfg: 0)
     loss.objectness_smooth = placeholder(bool)  # IoU as objectness target (yolov4.cfg: off)
     loss.max_delta = placeholder(float)  # per-image box-gradient clip (yolov4.cfg: 5)
+    loss.box_gradient = "darknet"  # darknet (box deltas as delta_yolo_box) | autodiff (chain rule)
     loss.ignore_class_thresh = 0.25  # ignore rule needs a class prob above this (darknet)
     return loss
 

@@ -22,12 +22,13 @@ def get_config():
     config.data.random_shapes = False
     config.data.workers = 1
     config.optim.subdivisions = 1
-    config.optim.learning_rate = 0.003
+    config.optim.learning_rate = 0.01
+    config.optim.grad_clip_norm = 10.0  # lr .01 diverges at the end of burn-in without it
     config.optim.reference_batch_size = 16
     config.optim.burn_in = 100
     config.optim.schedule = "cosine"
-    config.optim.max_batches = 800
-    config.optim.learning_rate_min = 0.0002
+    config.optim.max_batches = 750
+    config.optim.learning_rate_min = 0.0001
     config.train.log_every = 20
     config.train.eval_every = 0
     config.train.checkpoint_every = 200

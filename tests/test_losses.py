@@ -329,3 +329,46 @@ def test_loss_options_from_config():
     assert resolved[0] == dataclasses.replace(HEADS[0], iou_loss="giou", iou_normalizer=0.5)
     with pytest.raises(ValueError, match="box_loss"):
         losses.LossOptions(box_loss="l1")
+
+
+def test_darknet_box_gradient_is_the_box_space_gradient():
+    # One box in head 0 (grid 4x4, stride 8); its best anchor is (8, 8), cell (1, 2).
+    box = [0.25, 0.40, 0.55, 0.70]
+    batch = make_batch([box], [1])
+    heads = make_heads(iou_thresh=1.0)  # a single positive
+    outputs = zeros_outputs()
+
+    def grads(kind):
+        options = dataclasses.replace(DEFAULT_OPTIONS, box_gradient=kind)
+        return jax.grad(lambda o: loss_fn(o, batch, heads, options)[0])(outputs)
+
+    darknet, autodiff = grads("darknet")[0], grads("autodiff")[0]
+    assert float(jnp.abs(grads("darknet")[1][..., :4]).max()) == 0.0  # head 1 has no positive
+    cell = np.argwhere(np.abs(np.asarray(darknet[0, ..., :4])).sum(-1) > 0)
+    assert cell.tolist() == [[2, 1]]
+    g_dn, g_ad = np.asarray(darknet[0, 2, 1, :4]), np.asarray(autodiff[0, 2, 1, :4])
+
+    # darknet: d(iou_normalizer * (1 - CIoU)) / d(x, y, w, h) of the decoded box, times
+    # exp(tw) = 1 for w, h; tx = 0 decodes to the cell centre, tw = 0 to the anchor.
+    def box_loss(xywh):
+        pred = box_ops_xywh_to_xyxy(xywh)
+        return 0.07 * (1.0 - losses.box_ops.ciou(pred, jnp.asarray(box)))
+
+    xywh = jnp.asarray([1.5 / 4, 2.5 / 4, 8 / 32, 8 / 32])
+    np.testing.assert_allclose(g_dn, jax.grad(box_loss)(xywh), rtol=1e-4, atol=1e-7)
+    # autodiff adds the chain factors darknet leaves out: scale_x_y * sigmoid'(0) / grid for
+    # x, y and anchor / net for w, h.
+    factors = np.asarray([1.2 * 0.25 / 4, 1.2 * 0.25 / 4, 8 / 32, 8 / 32])
+    np.testing.assert_allclose(g_ad, g_dn * factors, rtol=1e-4, atol=1e-8)
+    # The forward value does not depend on the choice.
+    values = [
+        float(
+            loss_fn(outputs, batch, heads, dataclasses.replace(DEFAULT_OPTIONS, box_gradient=k))[0]
+        )
+        for k in ("darknet", "autodiff")
+    ]
+    assert values[0] == values[1]
+
+
+def box_ops_xywh_to_xyxy(xywh):
+    return jnp.concatenate([xywh[:2] - xywh[2:] / 2, xywh[:2] + xywh[2:] / 2])

@@ -25,9 +25,12 @@ remains: Self-Adversarial Training uses exactly that to suppress detections.
 Where autodiff differs from darknet's deltas:
 
 * IoU losses: darknet (box.c::dx_box_iou) takes the gradient with respect to (x, y, w, h),
-  multiplies the w, h parts by exp(tw) and stops there: no sigmoid, ``scale_x_y`` or anchor
-  factors. Here the chain rule goes all the way to the raw outputs. CIoU's alpha is a
-  constant in both (`yolov4_jax.boxes.ciou`).
+  multiplies the w, h parts by exp(tw) and stops there: no sigmoid, ``scale_x_y``, 1/grid or
+  anchor factors. ``box_gradient="darknet"`` (the default) reproduces exactly that with a
+  straight-through estimator; ``"autodiff"`` follows the chain rule to the raw outputs, which
+  makes the x, y gradient about ``4 * grid / scale_x_y`` times (30-100x) weaker than darknet's,
+  so ``iou_normalizer`` (.07, tuned for darknet's deltas) then under-weights the box term and
+  boxes learn far more slowly. CIoU's alpha is a constant in both (`yolov4_jax.boxes.ciou`).
 * darknet clips each box delta to ``max_delta``; here the gradient reaching each raw box
   channel through the IoU loss is clipped to ``max_delta`` per image (a custom VJP), which is
   the same bound in raw-output units.
@@ -55,12 +58,13 @@ import numpy as np
 
 from yolov4_jax import boxes as box_ops
 from yolov4_jax import targets as targets_lib
-from yolov4_jax.decode import decode_yolo
+from yolov4_jax.decode import MAX_LOG_SCALE, decode_yolo
 from yolov4_jax.models import specs
 
 Array = jax.Array
 
 BOX_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
+BOX_GRADIENTS = ("darknet", "autodiff")
 _IOU_FUNCTIONS = {
     "iou": box_ops.iou,
     "giou": box_ops.giou,
@@ -91,8 +95,12 @@ class LossOptions:
     objectness_smooth: bool | None = None
     max_delta: float | None = None
     ignore_class_thresh: float = 0.25  # compare_yolo_class's conf_thresh for the ignore rule
+    box_gradient: str = "darknet"  # darknet | autodiff: how IoU-loss gradients reach tx..th
+
 
     def __post_init__(self):
+        if self.box_gradient not in BOX_GRADIENTS:
+            raise ValueError(f"box_gradient {self.box_gradient!r} is not one of {BOX_GRADIENTS}")
         if self.box_loss is not None and self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss {self.box_loss!r} is not one of {BOX_LOSSES}")
 
@@ -185,6 +193,7 @@ def yolo_loss(
             gt_valid,
             image_hw,
             options.ignore_class_thresh,
+            options.box_gradient,
         )
         for k in sums:
             sums[k] = sums[k] + terms[k]
@@ -210,6 +219,7 @@ def _head_loss(
     gt_valid: Array,
     image_hw: tuple[int, int],
     ignore_class_thresh: float,
+    box_gradient: str = "darknet",
 ) -> dict[str, Array]:
     """Batch sums of one head's loss terms and counts (see the module docstring)."""
     batch, grid_h, grid_w, _ = raw.shape
@@ -234,6 +244,9 @@ def _head_loss(
         box_raw = _clip_gradient(raw, head.max_delta / batch)
     pred_boxes, _, cls_prob = decode(box_raw)
     pred_boxes = pred_boxes.reshape(*grid, 4)  # [B, H, W, A, 4] xyxy
+    if box_gradient == "darknet" and head.iou_loss != "mse":
+        t = box_raw.reshape(*grid, 5 + num_classes)[..., :4]
+        pred_boxes = _darknet_box_gradient(pred_boxes, t, bool(head.new_coords))
     safe_target = jnp.where(positive[..., None], target.box, jnp.asarray([0.0, 0.0, 1.0, 1.0]))
     if head.iou_loss == "mse":
         box_loss = _mse_box_loss(out, safe_target, head, anchors_px, net_wh)
@@ -305,6 +318,24 @@ def _mse_box_loss(
     weight = head.iou_normalizer * (2.0 - wh[..., 0] * wh[..., 1])  # darknet's (2 - w*h)
     sq = jnp.sum(jnp.square(pred_xy - txy), -1) + jnp.sum(jnp.square(pred_wh - twh), -1)
     return 0.5 * weight * sq
+
+
+def _darknet_box_gradient(boxes: Array, t: Array, new_coords: bool) -> Array:
+    """``boxes`` (xyxy) unchanged in value, with darknet's box-delta gradient to ``t``.
+
+    delta_yolo_box applies dL/d(x, y, w, h) of the normalised box straight to (tx, ty, tw,
+    th), with only w, h multiplied by exp(tw), exp(th): no sigmoid, scale_x_y, 1/grid or
+    anchor factor. Built as a straight-through estimator, so the forward value is exact.
+    With ``new_coords`` no exp factor is applied (w = 4 t^2 anchor has no exp).
+    """
+    xywh = jax.lax.stop_gradient(box_ops.xyxy_to_xywh(boxes))
+    zero = t - jax.lax.stop_gradient(t)  # value 0, gradient 1 with respect to t
+    if new_coords:
+        scale = jnp.ones_like(t[..., 2:])
+    else:
+        scale = jnp.exp(jnp.minimum(jax.lax.stop_gradient(t[..., 2:]), MAX_LOG_SCALE))
+    xywh = xywh + jnp.concatenate([zero[..., :2], scale * zero[..., 2:]], axis=-1)
+    return box_ops.xywh_to_xyxy(xywh)
 
 
 def _bce(x: Array, y: Array, *, from_logits: bool) -> Array:
