@@ -97,7 +97,6 @@ class LossOptions:
     ignore_class_thresh: float = 0.25  # compare_yolo_class's conf_thresh for the ignore rule
     box_gradient: str = "darknet"  # darknet | autodiff: how IoU-loss gradients reach tx..th
 
-
     def __post_init__(self):
         if self.box_gradient not in BOX_GRADIENTS:
             raise ValueError(f"box_gradient {self.box_gradient!r} is not one of {BOX_GRADIENTS}")
