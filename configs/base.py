@@ -124,7 +124,7 @@ def _train() -> ml_collections.ConfigDict:
     t.sat_prob = 0.5  # fraction of micro-batches after burn-in that get SAT (darknet .5)
     t.sat_lr = 0.05  # darknet adversarial_lr; the step is sat_lr * step / max_batches
     t.unroll_subdivisions = False  # unroll the micro-batch loop (faster on CPU, slower compile)
-    t.dropblock_ramp = 0.85  # DropBlock probability ramps up over this fraction of training
+    t.dropblock_ramp = 0.85  # DropBlock probability and block size ramp up over this fraction
     t.log_every = 50  # steps between metric writes (metrics.jsonl, TensorBoard, progress)
     t.eval_every = 5000  # steps between evaluations on the validation split (0: end only)
     t.checkpoint_every = 1000  # steps between checkpoints (also at eval, SIGTERM and the end)

@@ -150,3 +150,41 @@ def test_cfg_export_round_trip_of_ablation(tmp_path):
     path = tmp_path / "ablation.cfg"
     path.write_text(darknet.format_cfg({"width": 64, "height": 64, "channels": 3}, layers))
     assert darknet.parse_cfg(path)[1] == layers
+
+
+def _dropped(probability, block_size, rate_scale, seed=0, shape=(4, 32, 32, 8)):
+    from yolov4_jax.models import layers
+
+    block = layers.DropBlock(probability, block_size)
+    x = jnp.ones(shape)
+    y = block.apply({}, x, True, rate_scale, rngs={"dropblock": jax.random.key(seed)})
+    return np.asarray(y) == 0
+
+
+@pytest.mark.parametrize(("rate_scale", "side"), [(1.0, 5), (0.6, 3), (0.05, 1)])
+def test_dropblock_block_size_ramps_with_the_rate(rate_scale, side):
+    dropped = _dropped(0.2, 5, rate_scale)
+    frac = dropped.mean()
+    # The expected dropped fraction is probability * rate_scale (blocks may overlap).
+    assert 0.4 * 0.2 * rate_scale < frac < 1.3 * 0.2 * rate_scale
+    # Every dropped pixel lies in a fully dropped side x side square inside the map.
+    d = dropped.transpose(0, 3, 1, 2).reshape(-1, 32, 32)
+    for m in d[:6]:
+        covered = np.zeros_like(m)
+        for i in range(32 - side + 1):
+            for j in range(32 - side + 1):
+                if m[i : i + side, j : j + side].all():
+                    covered[i : i + side, j : j + side] = True
+        assert (covered == m).all()
+        if side > 1:  # and no smaller block exists on its own
+            assert not (m & ~np.roll(m, 1, 0) & ~np.roll(m, -1, 0)).any()
+
+
+def test_dropblock_ramp_does_not_recompile():
+    from yolov4_jax.models import layers
+
+    block = layers.DropBlock(0.2, 5)
+    f = jax.jit(lambda x, r: block.apply({}, x, True, r, rngs={"dropblock": jax.random.key(0)}))
+    for r in (0.1, 0.5, 1.0):
+        f(jnp.ones((1, 16, 16, 2)), r)
+    assert f._cache_size() == 1

@@ -195,8 +195,12 @@ class WeightedFusion(nn.Module):
 class DropBlock(nn.Module):
     """DropBlock (Ghiasi et al. 2018): zero square blocks, rescale by the kept fraction.
 
-    `probability` is the fraction of features to drop; `rate_scale` (a traced scalar) lets
-    the training loop ramp it up as darknet does over the first part of training.
+    `probability` is the fraction of features to drop and `block_size` the block side at the
+    end of the ramp; `rate_scale` (a traced scalar in [0, 1]) ramps both up as darknet does
+    (dropout_layer: probability and block size grow linearly over the first 85% of training):
+    the current side is ``max(1, round(block_size * rate_scale))``. Shapes stay static: the
+    block is grown from its seed by static shifts up to the full size, each switched on or off
+    by the traced side, so the ramp never recompiles.
     """
 
     probability: float = 0.1
@@ -207,28 +211,41 @@ class DropBlock(nn.Module):
         if not train or self.probability <= 0:
             return x
         n, h, w, c = x.shape
-        block = min(self.block_size, h, w)
-        drop = self.probability * rate_scale
+        full = min(self.block_size, h, w)
+        scale = jnp.clip(jnp.asarray(rate_scale, jnp.float32), 0.0, 1.0)
+        block = jnp.clip(jnp.round(full * scale), 1, full).astype(jnp.int32)
+        blk = block.astype(jnp.float32)
+        drop = self.probability * scale
         # Seed rate so that the expected dropped fraction equals `drop` (Ghiasi et al. eq. 1).
-        gamma = drop / (block * block) * (h * w) / ((h - block + 1) * (w - block + 1))
-        valid = (
-            jnp.zeros((h, w), bool)
-            .at[block // 2 : h - (block - 1) // 2, block // 2 : w - (block - 1) // 2]
-            .set(True)
-        )
+        gamma = drop / (blk * blk) * (h * w) / ((h - blk + 1) * (w - blk + 1))
+        before = block // 2  # a seed at s covers s - before .. s + after
+        after = block - 1 - before
+        rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+        valid = (rows >= before) & (rows < h - after) & (cols >= before) & (cols < w - after)
         rng = self.make_rng("dropblock")
         seeds = jax.random.bernoulli(rng, jnp.clip(gamma, 0.0, 1.0), (n, h, w, c))
-        seeds = jnp.logical_and(seeds, valid[None, :, :, None]).astype(x.dtype)
-        lo = block // 2
-        hi = block - 1 - lo
-        mask = jax.lax.reduce_window(
-            seeds,
-            0.0,
-            jax.lax.max,
-            (1, block, block, 1),
-            (1, 1, 1, 1),
-            ((0, 0), (hi, lo), (hi, lo), (0, 0)),
-        )
-        keep = 1.0 - mask
-        scale = keep.size / jnp.maximum(jnp.sum(keep), 1.0)
-        return x * keep * scale.astype(x.dtype)
+        seeds = jnp.logical_and(seeds, valid[None, :, :, None])
+        mask = _grow(_grow(seeds, 1, before, after, full), 2, before, after, full)
+        keep = 1.0 - mask.astype(x.dtype)
+        kept = jnp.maximum(jnp.sum(keep), 1.0)
+        return x * keep * (keep.size / kept).astype(x.dtype)
+
+
+def _grow(seeds: jax.Array, axis: int, before, after, full: int) -> jax.Array:
+    """OR of ``seeds`` shifted by d along ``axis`` for every d in [-before, after]
+    (traced bounds, static shifts |d| < full, zero fill)."""
+    out = seeds
+    size = seeds.shape[axis]
+    for d in range(-(full - 1), full):
+        if d == 0 or abs(d) >= size:
+            continue
+        on = jnp.logical_and(d >= -before, d <= after)
+        pad = [(0, 0)] * seeds.ndim
+        if d > 0:  # out[i] |= seeds[i - d]
+            pad[axis] = (d, 0)
+            shifted = jnp.pad(jax.lax.slice_in_dim(seeds, 0, size - d, axis=axis), pad)
+        else:
+            pad[axis] = (0, -d)
+            shifted = jnp.pad(jax.lax.slice_in_dim(seeds, -d, size, axis=axis), pad)
+        out = jnp.logical_or(out, jnp.logical_and(on, shifted))
+    return out
