@@ -119,7 +119,9 @@ def _data() -> ml_collections.ConfigDict:
 def _train() -> ml_collections.ConfigDict:
     """The train loop (yolov4_jax/train.py): BN mode, SAT, DropBlock ramp, logging, checkpoints."""
     t = ml_collections.ConfigDict()
-    t.bn = "bn"  # bn (yolov4.cfg batch_normalize=1, synced over devices) | cmbn (paper 3.3)
+    t.bn = "bn"  # bn (yolov4.cfg batch_normalize=1, synced over devices) | cmbn (paper 3.3) | cbn
+    t.cbn_window = 4  # cbn: statistics of this many iterations (the current one included)
+    t.cbn_compensate = True  # cbn: first-order compensation of the weight change (CBN paper)
     t.sat = False  # Self-Adversarial Training, paper section 3.3 (yolov4.cfg: off)
     t.sat_prob = 0.5  # fraction of micro-batches after burn-in that get SAT (darknet .5)
     t.sat_lr = 0.05  # darknet adversarial_lr; the step is sat_lr * step / max_batches

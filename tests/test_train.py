@@ -264,3 +264,87 @@ def test_one_device_and_eight_devices_give_the_same_update():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def _cbn_layer(compensate, history=2):
+    from yolov4_jax.models import specs
+
+    conv = layers.ConvBN(specs.Conv(4, 3, 1, 1, batch_normalize=True, activation="linear"))
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables = conv.init(jax.random.key(1), x, False)
+    cbn = train.zero_cbn(variables["params"], history, compensate)
+    return conv, variables, cbn
+
+
+def _apply_cbn(conv, variables, cbn, x):
+    y, new = conv.apply({**variables, "cbn": cbn}, x, False, mutable=["batch_stats", "cbn"])
+    return y, new["cbn"]
+
+
+def _normalised(y_pre, mean, var):
+    return (y_pre - mean) / np.sqrt(var + layers.BN_EPSILON)
+
+
+def test_cbn_averages_the_statistics_of_previous_iterations():
+    conv, variables, cbn = _cbn_layer(compensate=False)
+    xs = [jax.random.normal(jax.random.key(i), (2, 6, 6, 3)) * (i + 1) for i in range(4)]
+
+    def pre_bn(x):  # the conv output before BN, with the fixed kernel
+        return np.asarray(
+            jax.lax.conv_general_dilated(
+                x,
+                variables["params"]["kernel"],
+                (1, 1),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        )
+
+    for k, x in enumerate(xs):
+        y, cbn = _apply_cbn(conv, variables, cbn, x)
+        window = [pre_bn(v) for v in xs[max(0, k - 2) : k + 1]]  # current + 2 previous
+        means = np.stack([w.mean(axis=(0, 1, 2)) for w in window])
+        sqs = np.stack([(w**2).mean(axis=(0, 1, 2)) for w in window])
+        mean, var = means.mean(0), sqs.mean(0) - means.mean(0) ** 2
+        np.testing.assert_allclose(y, _normalised(pre_bn(x), mean, var), rtol=2e-4, atol=2e-4)
+    assert int(cbn["count"]) == 2
+
+
+def test_cbn_compensates_the_weight_change():
+    conv, variables, cbn = _cbn_layer(compensate=True, history=1)
+    x_old, x_new = (jax.random.normal(jax.random.key(i), (2, 6, 6, 3)) for i in (5, 6))
+    _, cbn = _apply_cbn(conv, variables, cbn, x_old)
+    kernel = variables["params"]["kernel"]
+    moved = kernel + 1e-3 * jax.random.normal(jax.random.key(7), kernel.shape)
+    new_vars = {**variables, "params": {**variables["params"], "kernel": moved}}
+    y, _ = _apply_cbn(conv, new_vars, cbn, x_new)
+
+    def pre_bn(x, w):
+        return np.asarray(
+            jax.lax.conv_general_dilated(
+                x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        )
+
+    # The old batch's statistics as if computed with the new kernel (what compensation
+    # approximates: exact for the mean, first order for E[y^2]).
+    old, new = pre_bn(x_old, moved), pre_bn(x_new, moved)
+    mean = (old.mean((0, 1, 2)) + new.mean((0, 1, 2))) / 2
+    sq = ((old**2).mean((0, 1, 2)) + (new**2).mean((0, 1, 2))) / 2
+    expected = _normalised(new, mean, sq - mean**2)
+    np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-3)
+    # Without compensation the stale statistics give a visibly different result.
+    stale_mean = (pre_bn(x_old, kernel).mean((0, 1, 2)) + new.mean((0, 1, 2))) / 2
+    assert np.abs(stale_mean - mean).max() > 1e-4
+
+
+def test_cbn_train_step_runs_and_carries_its_history():
+    config, model, tx, schedule, state = _setup(
+        **{"train.bn": "cbn", "train.cbn_window": 3, "optim.subdivisions": 2}
+    )
+    step = train.make_train_step(model, config, tx, schedule)
+    for _ in range(2):
+        state, metrics = step(state, _batch())
+        assert bool(metrics["finite"])
+    counts = {int(v) for v in jax.tree.leaves(jax.tree.map(lambda a: a, state.cbn)) if v.ndim == 0}
+    assert counts == {2}  # four micro-batches seen, window of 2 past iterations

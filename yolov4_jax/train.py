@@ -3,7 +3,8 @@
 The step (`make_train_step`) is one XLA computation per input shape: the global batch is split
 into ``optim.subdivisions`` micro-batches and scanned; each micro-batch optionally gets
 Self-Adversarial Training, runs forward with BatchNorm (synchronised over the ``data`` mesh axis)
-or CmBN (statistics accumulated over the micro-batches of the update, the ``cmbn`` collection),
+or CmBN (statistics accumulated over the micro-batches of the update, the ``cmbn`` collection)
+or CBN (statistics of the last iterations, compensated, the ``cbn`` collection in the state),
 and adds its gradient; then the optax chain updates the weights, and the EMA follows. A
 non-finite loss or gradient leaves the state untouched and is reported; the loop then stops.
 
@@ -51,6 +52,7 @@ class TrainState:
     batch_stats: PyTree  # BN running statistics (darknet's rolling mean and variance)
     opt_state: PyTree
     ema_params: PyTree  # EMA of params ({} when config.optim.ema is off)
+    cbn: PyTree  # Cross-Iteration BN history ({} unless config.train.bn == "cbn")
     rng: Array  # uint32 [2] raw key, folded with the step inside the train step
 
 
@@ -98,6 +100,11 @@ def create_train_state(
         batch_stats=variables["batch_stats"],
         opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params) if config.optim.ema else {},
+        cbn=(
+            zero_cbn(params, config.train.cbn_window - 1, config.train.cbn_compensate)
+            if config.train.bn == "cbn"
+            else {}
+        ),
         rng=jax.random.key_data(state_rng) if _is_typed_key(state_rng) else state_rng,
     )
 
@@ -112,6 +119,26 @@ def zero_cmbn(batch_stats: PyTree) -> PyTree:
         zeros = jnp.zeros_like(batch_stats["mean"])
         return {"mean": zeros, "mean_sq": zeros, "count": jnp.zeros((), jnp.float32)}
     return {k: zero_cmbn(v) for k, v in batch_stats.items()}
+
+
+def zero_cbn(params: PyTree, history: int, compensate: bool) -> PyTree:
+    """The empty ``cbn`` collection: ``history`` past iterations for every conv + BN layer."""
+    if not isinstance(params, Mapping):
+        return None
+    if "kernel" in params and "bn" in params:
+        kernel = params["kernel"]
+        features = kernel.shape[-1]
+        out = {
+            "mean": jnp.zeros((history, features), jnp.float32),
+            "mean_sq": jnp.zeros((history, features), jnp.float32),
+            "count": jnp.zeros((), jnp.int32),
+        }
+        if compensate:
+            for name in ("kernel", "grad_mean", "grad_sq"):
+                out[name] = jnp.zeros((history, *kernel.shape), jnp.float32)
+        return out
+    children = {k: zero_cbn(v, history, compensate) for k, v in params.items()}
+    return {k: v for k, v in children.items() if v}
 
 
 def sat_images(
@@ -167,10 +194,13 @@ def make_train_step(
     subdivisions = int(config.optim.subdivisions)
     total_steps = int(config.optim.max_batches)
     tc = config.train
-    if tc.bn not in ("bn", "cmbn"):
-        raise ValueError(f"config.train.bn must be 'bn' or 'cmbn', got {tc.bn!r}")
+    if tc.bn not in ("bn", "cmbn", "cbn"):
+        raise ValueError(f"config.train.bn must be 'bn', 'cmbn' or 'cbn', got {tc.bn!r}")
+    if tc.bn == "cbn" and tc.cbn_window < 1:
+        raise ValueError(f"config.train.cbn_window must be >= 1, got {tc.cbn_window}")
     use_cmbn = tc.bn == "cmbn" and subdivisions > 1
-    mutable = ["batch_stats", "cmbn"] if use_cmbn else ["batch_stats"]
+    use_cbn = tc.bn == "cbn"
+    mutable = ["batch_stats"] + (["cmbn"] if use_cmbn else []) + (["cbn"] if use_cbn else [])
     ema_on = bool(config.optim.ema)
     micro_spec = P(None, "data") if mesh is not None else None
 
@@ -199,7 +229,7 @@ def make_train_step(
         sat_step = tc.sat_lr * progress
 
         def micro_step(carry, xs):
-            grads_acc, batch_stats, cmbn = carry
+            grads_acc, batch_stats, cmbn, cbn = carry
             mb, key = xs
             sat_key, drop_key = jax.random.split(key)
             images = mb["image"].astype(jnp.float32) / 255.0
@@ -217,6 +247,8 @@ def make_train_step(
                 variables = {"params": params, "batch_stats": batch_stats}
                 if use_cmbn:
                     variables["cmbn"] = cmbn
+                if use_cbn:
+                    variables["cbn"] = cbn
                 outputs, new_vars = model.apply(
                     variables,
                     images,
@@ -236,11 +268,12 @@ def make_train_step(
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             metrics = dict(metrics, sat=do_sat.astype(jnp.float32))
             new_cmbn = new_vars["cmbn"] if use_cmbn else cmbn
-            return (grads_acc, new_vars["batch_stats"], new_cmbn), metrics
+            new_cbn = new_vars["cbn"] if use_cbn else cbn
+            return (grads_acc, new_vars["batch_stats"], new_cmbn, new_cbn), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         cmbn0 = zero_cmbn(state.batch_stats) if use_cmbn else {}
-        carry = (zeros, state.batch_stats, cmbn0)
+        carry = (zeros, state.batch_stats, cmbn0, state.cbn)
         if subdivisions == 1 or tc.unroll_subdivisions:
             # XLA:CPU runs convolutions inside a while loop several times slower than
             # outside one, so short accumulations can be unrolled (longer compile).
@@ -251,7 +284,7 @@ def make_train_step(
             metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_micro)
         else:
             carry, metrics = jax.lax.scan(micro_step, carry, (micro, keys))
-        grads, batch_stats, _ = carry
+        grads, batch_stats, _, cbn = carry
         grads = jax.tree.map(lambda g: g / subdivisions, grads)
         metrics = {
             k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in metrics.items()
@@ -259,7 +292,11 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            cbn=cbn,
         )
         if ema_on:
             o = config.optim

@@ -53,7 +53,13 @@ class BatchNorm(nn.Module):
     momentum: float = 0.99
 
     @nn.compact
-    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool,
+        stats: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array:
+        """``stats`` (mean, var) replaces the batch statistics in training (CBN)."""
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
@@ -63,6 +69,11 @@ class BatchNorm(nn.Module):
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
+        elif stats is not None:
+            mean, var = stats
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         elif self.is_mutable_collection("cmbn") and not self.is_initializing():
             mean, var = self._cmbn_statistics(x32, features)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -116,20 +127,86 @@ class ConvBN(nn.Module):
         )
         # darknet pads size//2 on every side, also at stride 2, where SAME would pad (0, 1).
         p = s.padding
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(s.stride, s.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=s.groups,
-        )
+
+        def conv(inputs, weights):
+            return jax.lax.conv_general_dilated(
+                inputs.astype(self.dtype),
+                weights.astype(self.dtype),
+                window_strides=(s.stride, s.stride),
+                padding=((p, p), (p, p)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=s.groups,
+            )
+
+        y = conv(x, kernel)
         if s.batch_normalize:
-            y = BatchNorm(self.bn_momentum, name="bn")(y, use_running_average)
+            stats = None
+            if (
+                not use_running_average
+                and not self.is_initializing()
+                and self.has_variable("cbn", "mean")
+            ):
+                stats = self._cbn_statistics(conv, x, kernel, y)
+            y = BatchNorm(self.bn_momentum, name="bn")(y, use_running_average, stats)
         else:
             bias = self.param("bias", nn.initializers.zeros, (s.filters,), jnp.float32)
             y = y + bias.astype(y.dtype)
         return activation(y, s.activation)
+
+    def _cbn_statistics(self, conv, x, kernel, y) -> tuple[jax.Array, jax.Array]:
+        """Cross-Iteration BN statistics (Yao et al. 2021; YOLOv4 paper Fig. 4).
+
+        The ``cbn`` collection keeps, newest first, the mean and E[y^2] of this layer's
+        output from the last ``n`` iterations (``count`` of them filled) and, when it also
+        holds ``kernel``/``grad_mean``/``grad_sq``, the kernel and the gradients of those
+        statistics with respect to it, for the paper's first-order compensation of the weight
+        change: mu_old(W) ~ mu_old + <d mu_old / dW, W - W_old>. The statistics used are
+        the average over the current batch and the stored iterations (E[y^2] at least
+        mean^2 per iteration, as the paper); gradients flow through the current batch only.
+        """
+        y32 = y.astype(jnp.float32)
+        size = y.shape[0] * y.shape[1] * y.shape[2]
+        mean = jnp.mean(y32, axis=(0, 1, 2))
+        mean_sq = jnp.mean(jnp.square(y32), axis=(0, 1, 2))
+        old_mean = self.get_variable("cbn", "mean")  # [n, C]
+        old_sq = self.get_variable("cbn", "mean_sq")
+        count = self.get_variable("cbn", "count")
+        n = old_mean.shape[0]
+        compensate = self.has_variable("cbn", "kernel")
+        comp_mean, comp_sq = old_mean, old_sq
+        if compensate:
+            old_kernel = self.get_variable("cbn", "kernel")  # [n, *W]
+            change = jax.lax.stop_gradient(kernel)[None] - old_kernel
+            axes = tuple(range(1, kernel.ndim))  # sum over kh, kw, cin per output channel
+            comp_mean = old_mean + jnp.sum(self.get_variable("cbn", "grad_mean") * change, axes)
+            comp_sq = old_sq + jnp.sum(self.get_variable("cbn", "grad_sq") * change, axes)
+            comp_sq = jnp.maximum(comp_sq, jnp.square(comp_mean))
+        valid = (jnp.arange(n) < count).astype(jnp.float32)[:, None]
+        total = 1.0 + count.astype(jnp.float32)
+        avg_mean = (mean + jnp.sum(valid * comp_mean, 0)) / total
+        avg_sq = (mean_sq + jnp.sum(valid * comp_sq, 0)) / total
+        var = jnp.maximum(avg_sq - jnp.square(avg_mean), 0.0)
+
+        if not self.is_mutable_collection("cbn") or n == 0:
+            return avg_mean, var
+
+        def push(buffer, value):
+            return jnp.concatenate([jax.lax.stop_gradient(value)[None], buffer[:-1]], axis=0)
+
+        self.put_variable("cbn", "mean", push(old_mean, mean))
+        self.put_variable("cbn", "mean_sq", push(old_sq, mean_sq))
+        self.put_variable("cbn", "count", jnp.minimum(count + 1, n))
+        if compensate:
+            w = jax.lax.stop_gradient(kernel)
+            _, vjp = jax.vjp(lambda k: conv(jax.lax.stop_gradient(x), k), w)
+            (grad_mean,) = vjp(jnp.full(y.shape, 1.0 / size, y.dtype))
+            (grad_sq,) = vjp((2.0 / size) * jax.lax.stop_gradient(y))
+            self.put_variable("cbn", "kernel", push(old_kernel, w))
+            self.put_variable(
+                "cbn", "grad_mean", push(self.get_variable("cbn", "grad_mean"), grad_mean)
+            )
+            self.put_variable("cbn", "grad_sq", push(self.get_variable("cbn", "grad_sq"), grad_sq))
+        return avg_mean, var
 
 
 def max_pool(x: jax.Array, spec: specs.MaxPool) -> jax.Array:
