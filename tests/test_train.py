@@ -348,3 +348,35 @@ def test_cbn_train_step_runs_and_carries_its_history():
         assert bool(metrics["finite"])
     counts = {int(v) for v in jax.tree.leaves(jax.tree.map(lambda a: a, state.cbn)) if v.ndim == 0}
     assert counts == {2}  # four micro-batches seen, window of 2 past iterations
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    command = [
+        sys.executable,
+        "-m",
+        "yolov4_jax.main",
+        "--config=configs/test_tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={tiny_data_dir}",
+        "--config.optim.max_batches=100000",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=100000",
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "SIGTERM" in stderr
+    last = max(_losses(workdir))
+    assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [last]
