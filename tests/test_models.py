@@ -22,7 +22,7 @@ SIZE = 64
 def _config(**overrides):
     config = base.get_config().model
     config.width = 0.0625
-    config.depth = 0.34
+    config.depth = 1.0 if overrides.get("name") == "yolov4_tiny" else 0.34  # tiny has no depth
     config.num_classes = 3
     config.update(overrides)
     return config
@@ -188,3 +188,16 @@ def test_dropblock_ramp_does_not_recompile():
     for r in (0.1, 0.5, 1.0):
         f(jnp.ones((1, 16, 16, 2)), r)
     assert f._cache_size() == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "switch"),
+    [
+        ("yolov4_tiny", {"spp": False}),
+        ("yolov4_csp", {"attention": "sam"}),
+        ("yolov4_tiny", {"depth": 0.5}),
+    ],
+)
+def test_switches_a_variant_does_not_take_are_errors(name, switch):
+    with pytest.raises(ValueError, match=f"config.model.{next(iter(switch))}"):
+        factory.model_layers(_config(name=name, **switch))

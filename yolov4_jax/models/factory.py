@@ -15,6 +15,30 @@ def _head_options(model_config: ml_collections.ConfigDict) -> dict:
     return dict(model_config.get("head_options", {}) or {})
 
 
+# Ablation switches only the yolov4 builder takes, with their configs/base.py defaults.
+_YOLOV4_SWITCHES = {
+    "activation": "mish",
+    "neck": "pan",
+    "spp": True,
+    "attention": "none",
+    "fusion": "concat",
+    "dropblock": 0.0,
+}
+
+
+def _check_switches(c: ml_collections.ConfigDict) -> None:
+    """A switch the variant does not take is an error, never silently ignored."""
+    changed = [k for k, v in _YOLOV4_SWITCHES.items() if c.get(k, v) != v]
+    if c.name == "yolov4_tiny" and c.get("depth", 1.0) != 1.0:
+        changed.append("depth")
+    if changed:
+        raise ValueError(
+            f"config.model.{', config.model.'.join(changed)} set, but {c.name} follows its "
+            "darknet cfg and does not take these switches; use config.model.name=yolov4 "
+            "(with width/depth multipliers) for architecture ablations"
+        )
+
+
 def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
     """The layer specs of `config.model`; `num_classes` (from the dataset) overrides it."""
     c = model_config
@@ -34,6 +58,8 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         masks = tuple(tuple(range(h * per, (h + 1) * per)) for h in range(heads))
         # yolov4-tiny lists its stride-32 head first.
         common.update(anchors=anchors, masks=masks[::-1] if heads == 2 else masks)
+    if c.name in ("yolov4_tiny", "yolov4_csp"):
+        _check_switches(c)
     if c.name == "yolov4":
         return yolov4.yolov4_layers(
             **common,
