@@ -1,0 +1,23 @@
+"""The paper's detector bag of freebies (Table 4), one item switched at a time, at demo scale.
+
+Each variant changes one item of configs/demo.py's recipe (which has them on as darknet does):
+    python -m experiments.ablate --sweep configs/ablations/bof_detector.py --workdir runs/bof
+"""
+
+BASE = "configs/demo.py"
+SEEDS = (0, 1, 2)
+
+
+def sweep():
+    return {
+        "baseline": {},
+        "no_grid_sensitivity": {"model.head_options": {"scale_x_y": 1.0}},  # S
+        "no_mosaic": {"data.mosaic": False},  # M
+        "no_iou_thresh": {"loss.iou_thresh": 1.0},  # IT: one anchor per ground truth
+        "label_smoothing": {"loss.label_smoothing": 0.1},
+        "cmbn": {"train.bn": "cmbn", "optim.subdivisions": 2},  # CBN row: CmBN over 2 minis
+        "steps_schedule": {"optim.schedule": "steps", "optim.steps": (600, 675)},  # CA off
+        "mse": {"loss.box_loss": "mse"},
+        "giou": {"loss.box_loss": "giou"},
+        "diou": {"loss.box_loss": "diou"},
+    }

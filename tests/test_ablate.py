@@ -1,0 +1,86 @@
+"""The ablation runner: runs, resume, failures, tables and plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from experiments import ablate
+
+SWEEP = """
+BASE = "configs/test_tiny.py"
+SEEDS = (0, 1)
+
+
+def sweep():
+    return {
+        "baseline": {},
+        "giou": {"loss.box_loss": "giou"},
+        "diverges": {"optim.learning_rate": 1e30, "optim.burn_in": 0},
+    }
+"""
+
+
+def test_sweep_runs_resumes_and_reports(tmp_path, tiny_data_dir, monkeypatch):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(SWEEP)
+    workdir = tmp_path / "runs"
+    extra = {
+        "data.data_dir": str(tiny_data_dir),
+        "train.detections_image": False,
+        "train.eval_max_batches": 1,
+        "optim.max_batches": 3,
+    }
+    table = ablate.run_sweep(str(sweep), str(workdir), extra=extra)
+    by_name = {e["variant"]: e for e in table}
+    assert by_name["baseline"]["runs"] == 2 and by_name["giou"]["runs"] == 2
+    assert by_name["diverges"]["runs"] == 0 and by_name["diverges"]["failed"] == 2
+    with open(workdir / "diverges" / "seed0" / "result.json") as f:
+        assert "non-finite" in json.load(f)["error"]
+    with open(workdir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    base_ap50 = [float(r["AP50"]) for r in rows if r["variant"] == "baseline"]
+    mean, std = ablate._mean_std(base_ap50)
+    assert by_name["baseline"]["AP50"] == pytest.approx(mean)
+    assert by_name["baseline"]["AP50_std"] == pytest.approx(std) or math.isnan(std)
+    text = (workdir / "results.md").read_text()
+    assert "| baseline | 2 |" in text and "(+2 failed)" in text
+    assert os.path.getsize(workdir / "results.png") > 0
+
+    # A second call finds every result and trains nothing.
+    monkeypatch.setattr(ablate, "run_one", lambda *a: pytest.fail("should resume, not rerun"))
+    again = ablate.run_sweep(str(sweep), str(workdir), extra=extra)
+    assert [e["variant"] for e in again] == ["baseline", "giou", "diverges"]
+
+
+def test_bad_overrides_fail_before_training(tmp_path):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(SWEEP.replace('"loss.box_loss"', '"loss.box_los"'))
+    with pytest.raises(KeyError, match="loss.box_los"):
+        ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
+    with pytest.raises(KeyError, match="--only"):
+        ablate.run_sweep(str(tmp_path / "sweep.py"), str(tmp_path / "r"), only=["nope"])
+
+
+@pytest.mark.parametrize("name", ["bof_detector", "bos_detector", "activation", "augmentation"])
+def test_committed_sweeps_build_their_configs(name):
+    base, seeds, variants = ablate.load_sweep(
+        os.path.join(ablate.ROOT, "configs", "ablations", f"{name}.py")
+    )
+    for overrides in variants.values():
+        config = ablate.make_config(base, overrides, seeds[0], {})
+        from yolov4_jax.models import factory
+
+        factory.model_layers(config.model, num_classes=5)
+
+
+def test_mean_std():
+    assert ablate._mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    mean, std = ablate._mean_std([0.5])
+    assert mean == 0.5 and math.isnan(std)
+    assert all(math.isnan(v) for v in ablate._mean_std([]))
