@@ -46,7 +46,7 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
     anchors = tuple(tuple(a) for a in c.anchors) if c.anchors else None
     common = {"num_classes": classes}
     if anchors:
-        # Custom anchors (for example from `experiments/anchors.py`) are split evenly over
+        # Custom anchors (for example from `python -m yolov4_jax.anchors`) are split evenly over
         # the heads, smallest anchors to the finest head.
         heads = 2 if c.name == "yolov4_tiny" else 3
         if len(anchors) % heads:
