@@ -1,0 +1,167 @@
+"""Training-step cost on the machine it runs on: compile time, step time, images/s, memory, FLOPs.
+
+    python experiments/benchmark_train.py --config=configs/base.py --size 416 --batch 2 \
+        [--subdivisions 1] [--steps 5] [--dtype float32|bfloat16] [--set train.sat=True ...]
+    python experiments/benchmark_train.py --config=configs/yolov4_coco.py --size 608 --batch 64 \
+        --subdivisions 8 --compile_only     # FLOPs and bytes of the paper's step, no execution
+
+Runs `yolov4_jax.train.make_train_step` (the real step: micro-batch accumulation, BN/CmBN/CBN,
+SAT, loss, SGD, EMA as configured) on random uint8 images with a few boxes each, so the host
+input pipeline is excluded (experiments/benchmark_data.py measures that). Prints, for the
+default JAX device (CPU, GPU or TPU, nothing to change):
+
+- compile s: lower + compile of the step (the persistent compilation cache is bypassed unless
+  --use_cache), then the step is run --steps times after one warm-up step;
+- median step s and images/s;
+- XLA's FLOPs and bytes accessed per step (`cost_analysis`), and achieved TFLOP/s;
+- peak memory: the device's `peak_bytes_in_use` where it reports one (GPU, TPU), else the
+  process's peak resident memory (CPU; includes the Python process itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _batch(size: int, batch: int, max_boxes: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    boxes = np.zeros((batch, max_boxes, 4), np.float32)
+    labels = np.zeros((batch, max_boxes), np.int32)
+    mask = np.zeros((batch, max_boxes), bool)
+    for i in range(batch):
+        for j in range(min(6, max_boxes)):
+            x0, y0 = rng.uniform(0, 0.7, 2)
+            w, h = rng.uniform(0.05, 0.3, 2)
+            boxes[i, j] = (x0, y0, x0 + w, y0 + h)
+            labels[i, j] = rng.integers(0, 5)
+            mask[i, j] = True
+    return {
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "boxes": boxes,
+        "labels": labels,
+        "mask": mask,
+    }
+
+
+def _peak_memory_gb(device) -> tuple[float, str]:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30, "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+def benchmark(args) -> dict:
+    import jax
+
+    from experiments.ablate import _parse_value, apply_overrides, load_module
+    from yolov4_jax import optim, train
+    from yolov4_jax.models import factory
+
+    if not args.use_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+    config = load_module(args.config).get_config()
+    extra = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        extra[key] = _parse_value(value)
+    extra.update(
+        {
+            "data.batch_size": args.batch,
+            "data.image_size": args.size,
+            "optim.subdivisions": args.subdivisions,
+            "model.dtype": args.dtype,
+        }
+    )
+    apply_overrides(config, extra, "benchmark")
+    model = factory.create_model(config.model, num_classes=args.classes)
+    tx, schedule = optim.make_optimizer(
+        config.optim, global_batch_size=args.batch, total_steps=config.optim.max_batches
+    )
+    mesh = train.make_mesh() if jax.device_count() > 1 else None
+    state = train.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    step = train.make_train_step(model, config, tx, schedule, mesh)
+    batch = _batch(args.size, args.batch, config.data.max_boxes)
+    if mesh is not None:
+        state = jax.device_put(
+            state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        )
+        batch = train.global_batch(batch, mesh)
+    else:
+        batch = jax.device_put(batch)
+
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan")))
+    bytes_accessed = float(cost.get("bytes accessed", float("nan")))
+    result = {
+        "device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}",
+        "devices": jax.device_count(),
+        "config": os.path.relpath(args.config, ROOT),
+        "model": config.model.name,
+        "size": args.size,
+        "batch": args.batch,
+        "subdivisions": args.subdivisions,
+        "dtype": args.dtype,
+        "overrides": {k: v for k, v in extra.items() if k not in ("data.batch_size",)},
+        "compile_s": round(compile_s, 2),
+        "gflops_per_step": round(flops / 1e9, 1),
+        "gb_accessed_per_step": round(bytes_accessed / 2**30, 2),
+    }
+    if args.compile_only:
+        return result
+    state, metrics = compiled(state, batch)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    memory, memory_kind = _peak_memory_gb(jax.devices()[0])
+    result.update(
+        step_s=round(median, 3),
+        images_per_s=round(args.batch / median, 2),
+        achieved_tflops=round(flops / median / 1e12, 3),
+        peak_memory_gb=round(memory, 2),
+        memory_kind=memory_kind,
+        loss=float(metrics["total"]),
+    )
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "base.py"))
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--subdivisions", type=int, default=1)
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="GROUP.FIELD=VALUE")
+    parser.add_argument("--compile_only", action="store_true")
+    parser.add_argument("--use_cache", action="store_true", help="allow the compilation cache")
+    args = parser.parse_args(argv)
+    result = benchmark(args)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
