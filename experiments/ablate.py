@@ -190,17 +190,15 @@ def write_reports(workdir: str, rows, table, header: str) -> None:
 
 def _plot(workdir: str, table) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     except ImportError:  # matplotlib is in the notebooks extra
         return
     if not table:
         return
     names = [e["variant"] for e in table]
     xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
+    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
+    ax = fig.add_subplot()
     for offset, metric in ((-0.2, "AP50"), (0.2, "AP")):
         means = [e[metric] for e in table]
         stds = [0.0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"] for e in table]
@@ -210,7 +208,6 @@ def _plot(workdir: str, table) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
-    plt.close(fig)
 
 
 def run_sweep(
