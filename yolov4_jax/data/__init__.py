@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from yolov4_jax.data.classification import (
+    create_classification_eval_iterator,
+    create_classification_train_iterator,
+    num_classification_eval_batches,
+)
 from yolov4_jax.data.pipeline import (
     boxes_to_original,
     create_eval_iterator,
@@ -20,16 +25,19 @@ from yolov4_jax.data.sources import DatasetInfo, dataset_info_from_builder, load
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-    """Class count and names and split sizes of ``config.data.name`` (prepared if needed)."""
+    """Task, class count and names, split sizes of ``config.data.name`` (prepared if needed)."""
     return dataset_info_from_builder(load_builder(config.data.name, config.data.data_dir))
 
 
 __all__ = [
     "DatasetInfo",
     "boxes_to_original",
+    "create_classification_eval_iterator",
+    "create_classification_train_iterator",
     "create_eval_iterator",
     "create_train_iterator",
     "dataset_info",
+    "num_classification_eval_batches",
     "num_eval_batches",
     "train_batch_size",
     "train_canvas_size",

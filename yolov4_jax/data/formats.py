@@ -1,8 +1,9 @@
-"""Readers for local COCO-format and YOLO/darknet-format folders, with input validation.
+"""Readers for local COCO, YOLO/darknet and class-subfolder folders, with input validation.
 
-Both readers return `Example`s (an image file and its boxes in tfds's normalised
-(ymin, xmin, ymax, xmax)) and the `Problem`s they found. Nothing is written here; prepare.py
-decides from the problems whether to fail or to skip (``--skip-bad``) and builds the dataset.
+The readers return `Example`s (an image file and its boxes in tfds's normalised
+(ymin, xmin, ymax, xmax), or its class) and the `Problem`s they found. Nothing is written
+here; prepare.py decides from the problems whether to fail or to skip (``--skip-bad``) and
+builds the dataset.
 
 - COCO: an instances JSON (``images``, ``annotations``, ``categories``) and its image folder.
   Category ids map to contiguous labels in ascending id order; names are kept. ``bbox`` is
@@ -10,6 +11,8 @@ decides from the problems whether to fail or to skip (``--skip-bad``) and builds
 - YOLO: an image folder, one ``.txt`` per image of ``class cx cy w h`` lines (normalised to
   the image), in a labels folder mirroring the image folder (default: beside each image), and
   a names file with one class name per line. A missing ``.txt`` means no objects, as darknet.
+- Folder (classification, ImageNet-style): ``DIR/CLASS/.../IMAGE``; class names are the sorted
+  subfolder names and labels follow that order. Images outside any class subfolder are problems.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Example:
     is_crowd: np.ndarray  # [N] bool
     size: tuple[int, int] | None = None  # (height, width) the annotations expect
     bad: bool = False
+    label: int = -1  # classification (folder format): the image's class; -1 for detection
 
 
 def _check_box(
@@ -262,6 +266,64 @@ def read_yolo(
             ex.labels = np.array([c for _, c in items], np.int64)
             ex.is_crowd = np.zeros(len(items), bool)
     return names, examples, problems
+
+
+def read_folder(
+    images_dir: str, class_names: list[str] | None = None, first_id: int = 0
+) -> tuple[list[str], list[Example], list[Problem]]:
+    """Reads a folder of class subfolders; returns (class names, examples, problems).
+
+    ``class_names`` (the training classes, when reading a validation folder) fixes the labels;
+    a subfolder outside it is an error, a class without a subfolder is fine.
+    """
+    if not os.path.isdir(images_dir):
+        raise DataError(f"{images_dir}: image folder not found")
+    subfolders = sorted(
+        d
+        for d in os.listdir(images_dir)
+        if not d.startswith(".") and os.path.isdir(os.path.join(images_dir, d))
+    )
+    if class_names is None:
+        if not subfolders:
+            raise DataError(
+                f"{images_dir}: no class subfolders (expected {images_dir}/CLASS_NAME/IMAGE)"
+            )
+        class_names = subfolders
+    elif unknown := sorted(set(subfolders) - set(class_names)):
+        raise DataError(
+            f"{images_dir}: class subfolders {unknown} are not among the training classes "
+            f"{list(class_names)}"
+        )
+    label_of = {name: i for i, name in enumerate(class_names)}
+    problems: list[Problem] = []
+    examples = []
+    for path in _image_files(images_dir):
+        rel = os.path.relpath(path, images_dir)
+        parts = rel.split(os.sep)
+        if any(p.startswith(".") for p in parts):
+            continue  # hidden folders (.ipynb_checkpoints, ...) are not data
+        image_id = first_id + len(examples)
+        ex = Example(
+            path,
+            image_id,
+            rel,
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.int64),
+            np.zeros((0,), bool),
+            label=label_of.get(parts[0], -1) if len(parts) > 1 else -1,
+        )
+        if ex.label < 0:
+            ex.bad = True
+            problems.append(
+                Problem(
+                    UNKNOWN_CATEGORY,
+                    path,
+                    f"image id {image_id}",
+                    f"not inside a class subfolder of {images_dir}",
+                )
+            )
+        examples.append(ex)
+    return list(class_names), examples, problems
 
 
 def check_images(examples: Iterable[Example]) -> list[Problem]:

@@ -185,24 +185,21 @@ class _BatchTransform(grain.transforms.Map):
             raise ValueError(f"{self._builder_dir} split {self._split} record {key}: {e}") from e
 
 
-class _TrainBatches(_BatchTransform):
-    """Builds training batch ``step`` of one process."""
+class _ShardedBatches(_BatchTransform):
+    """Shared part of the training transforms: this process's shard, reshuffled every epoch."""
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
         builder_dir: str,
         split: str,
+        workers: int,
         *,
         num_records: int,
         process_index: int,
         process_count: int,
         seed: int,
-        batch_multiple: int,
     ):
-        super().__init__(builder_dir, split, config.data.workers)
-        d = config.data
-        self._config = ml_collections.ConfigDict(config.to_dict())
+        super().__init__(builder_dir, split, workers)
         shard = num_records // process_count  # equal shards: no process waits for another
         if shard < 1:
             raise ValueError(f"{num_records} records cannot feed {process_count} processes")
@@ -211,13 +208,6 @@ class _TrainBatches(_BatchTransform):
         self._process_index = process_index
         self._process_count = process_count
         self._seed = seed
-        self._params = augment_params(config)
-        self._max_boxes = d.max_boxes
-        self._multiple = batch_multiple
-        self._max_batch = max(
-            train_batch_size(config, c, process_count, batch_multiple)
-            for c in train_canvas_sizes(config)
-        )
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -241,6 +231,40 @@ class _TrainBatches(_BatchTransform):
             if key not in exclude or self._shard_size <= len(exclude):
                 return key
         return key
+
+
+class _TrainBatches(_ShardedBatches):
+    """Builds training batch ``step`` of one process."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        builder_dir: str,
+        split: str,
+        *,
+        num_records: int,
+        process_index: int,
+        process_count: int,
+        seed: int,
+        batch_multiple: int,
+    ):
+        super().__init__(
+            builder_dir,
+            split,
+            config.data.workers,
+            num_records=num_records,
+            process_index=process_index,
+            process_count=process_count,
+            seed=seed,
+        )
+        self._config = ml_collections.ConfigDict(config.to_dict())
+        self._params = augment_params(config)
+        self._max_boxes = config.data.max_boxes
+        self._multiple = batch_multiple
+        self._max_batch = max(
+            train_batch_size(config, c, process_count, batch_multiple)
+            for c in train_canvas_sizes(config)
+        )
 
     def sample(self, step: int, index: int, canvas_hw: tuple[int, int]) -> Sample:
         """Augmented sample ``index`` of batch ``step`` (pixel boxes on the canvas)."""
@@ -341,8 +365,19 @@ def _loader(transform: _BatchTransform, num_steps: int | None, workers: int) -> 
     return iter(loader)
 
 
-def _prepared(config: ml_collections.ConfigDict, split: str) -> tuple[str, int]:
+def _prepared(
+    config: ml_collections.ConfigDict, split: str, task: str = sources.DETECTION
+) -> tuple[str, int]:
+    """(dataset dir, records in ``split``) of ``config.data.name``, checked to be a ``task`` one."""
     builder = sources.load_builder(config.data.name, config.data.data_dir)
+    found = sources.dataset_task(builder)
+    if found != task:
+        other = "create_classification_" if task == sources.DETECTION else "create_"
+        raise ValueError(
+            f"config.data.name={config.data.name!r} is a {found} dataset, but this iterator "
+            f"needs a {task} dataset (use the {other}*_iterator functions for it, or another "
+            "config.data.name)"
+        )
     sources.open_split(builder, split)  # fails early with a clear message
     return str(builder.data_dir), int(builder.info.splits[split].num_examples)
 

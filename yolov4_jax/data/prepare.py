@@ -1,9 +1,15 @@
-"""Converts a local COCO-format or YOLO-format folder into a tfds dataset (array_record).
+"""Converts a local COCO, YOLO or class-subfolder folder into a tfds dataset (array_record).
 
     python -m yolov4_jax.data.prepare --format coco --images DIR --annotations FILE \\
         [--val-images DIR --val-annotations FILE | --val-fraction F] --name NAME --data-dir DIR
     python -m yolov4_jax.data.prepare --format yolo --images DIR [--labels DIR] --names FILE \\
         [--val-images DIR [--val-labels DIR] | --val-fraction F] --name NAME --data-dir DIR
+    python -m yolov4_jax.data.prepare --format folder --images DIR \\
+        [--val-images DIR | --val-fraction F] --name NAME --data-dir DIR
+
+``--format folder`` is for classification (backbone pretraining): ``DIR/CLASS/IMAGE``, class
+names the sorted subfolder names; it writes the features of ``yolov4_synthetic_cls`` (``image``,
+``image/id``, ``image/filename``, ``label``).
 
 Then train with ``--config.data.name=NAME --config.data.data_dir=DIR``. Every image is decoded
 and every box checked first; each problem is reported with its file and record. By default any
@@ -61,14 +67,22 @@ def _encoded_bytes(path: str) -> bytes:
     return png.tobytes()
 
 
-def _builder_class(name: str, class_names: Sequence[str], splits: dict[str, list[Example]]):
+def _builder_class(
+    name: str, class_names: Sequence[str], splits: dict[str, list[Example]], task: str
+):
     """A GeneratorBasedBuilder named ``name`` over already validated examples."""
+    classification = task == sources.CLASSIFICATION
 
     def _info(self) -> tfds.core.DatasetInfo:
+        features = (
+            synthetic.classification_features(class_names)
+            if classification
+            else synthetic.detection_features(class_names)
+        )
         return tfds.core.DatasetInfo(
             builder=self,
             description=f"Converted by yolov4_jax.data.prepare ({name}).",
-            features=synthetic.detection_features(class_names),
+            features=features,
         )
 
     def _split_generators(self, dl_manager):  # noqa: ARG001
@@ -76,15 +90,20 @@ def _builder_class(name: str, class_names: Sequence[str], splits: dict[str, list
 
     def _generate_examples(self, examples: list[Example]):
         for ex in examples:
-            yield (
-                ex.image_id,
-                {
-                    "image": _encoded_bytes(ex.path),
-                    "image/id": ex.image_id,
-                    "image/filename": ex.filename,
-                    "objects": {"bbox": ex.bbox, "label": ex.labels, "is_crowd": ex.is_crowd},
-                },
-            )
+            record = {
+                "image": _encoded_bytes(ex.path),
+                "image/id": ex.image_id,
+                "image/filename": ex.filename,
+            }
+            if classification:
+                record["label"] = ex.label
+            else:
+                record["objects"] = {
+                    "bbox": ex.bbox,
+                    "label": ex.labels,
+                    "is_crowd": ex.is_crowd,
+                }
+            yield ex.image_id, record
 
     # Built per call and never registered, so any NAME can be prepared in one process.
     with registered.skip_registration():
@@ -109,7 +128,15 @@ def _read(
     labels: str | None,
     names: str | None,
     first_id: int = 0,
+    class_names: list[str] | None = None,
 ):
+    if fmt == "folder":
+        if annotations or labels or names:
+            raise DataError(
+                "--format folder takes the classes from the subfolder names; --annotations, "
+                "--labels and --names do not apply"
+            )
+        return formats.read_folder(images, class_names, first_id=first_id)
     if fmt == "coco":
         if not annotations:
             raise DataError("--format coco needs --annotations (an instances JSON)")
@@ -118,7 +145,7 @@ def _read(
         if not names:
             raise DataError("--format yolo needs --names (one class name per line)")
         return formats.read_yolo(images, labels, names, first_id=first_id)
-    raise DataError(f"unknown --format {fmt!r}: coco or yolo")
+    raise DataError(f"unknown --format {fmt!r}: coco, yolo or folder")
 
 
 def prepare(
@@ -142,8 +169,8 @@ def prepare(
     """Validates a local folder and writes it as tfds dataset ``name`` in ``data_dir``."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise DataError(f"--name {name!r}: use lower-case letters, digits and underscores")
-    if name == sources.SYNTHETIC_NAME:
-        raise DataError(f"--name {name!r} is the embedded dataset's name")
+    if name in (sources.SYNTHETIC_NAME, sources.SYNTHETIC_CLS_NAME):
+        raise DataError(f"--name {name!r} is an embedded dataset's name")
     if val_images and val_fraction:
         raise DataError("give either --val-images or --val-fraction, not both")
     if not 0.0 <= val_fraction < 1.0:
@@ -158,6 +185,7 @@ def prepare(
             val_labels,
             names,
             first_id=len(train),
+            class_names=class_names if format == "folder" else None,
         )
         if val_names != class_names:
             raise DataError(
@@ -184,9 +212,10 @@ def prepare(
     empty = 0
     for split, examples in splits.items():
         kept = [ex for ex in examples if not ex.bad]
-        empty += sum(len(ex.labels) == 0 for ex in kept)
+        # Classification examples (label >= 0) have no boxes and are never "empty".
+        empty += sum(len(ex.labels) == 0 and ex.label < 0 for ex in kept)
         if drop_empty:
-            kept = [ex for ex in kept if len(ex.labels)]
+            kept = [ex for ex in kept if len(ex.labels) or ex.label >= 0]
         splits[split] = kept
     if val_fraction:
         order = np.random.default_rng(seed).permutation(len(splits["train"]))
@@ -204,7 +233,8 @@ def prepare(
         if not overwrite:
             raise DataError(f"{target} already exists; pass --overwrite to replace it")
         shutil.rmtree(target)
-    builder = _builder_class(name, class_names, splits)(
+    task = sources.CLASSIFICATION if format == "folder" else sources.DETECTION
+    builder = _builder_class(name, class_names, splits, task)(
         data_dir=data_dir, file_format="array_record"
     )
     builder.download_and_prepare()
@@ -234,12 +264,14 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--format", required=True, choices=["coco", "yolo"])
+    parser.add_argument("--format", required=True, choices=["coco", "yolo", "folder"])
     parser.add_argument("--images", required=True, help="training image folder")
     parser.add_argument("--annotations", help="COCO: training instances JSON")
     parser.add_argument("--labels", help="YOLO: label folder mirroring --images (default: same)")
     parser.add_argument("--names", help="YOLO: names file, one class per line")
-    parser.add_argument("--val-images", help="validation image folder")
+    parser.add_argument(
+        "--val-images", help="validation image folder (folder: the same class subfolders)"
+    )
     parser.add_argument("--val-annotations", help="COCO: validation instances JSON")
     parser.add_argument("--val-labels", help="YOLO: validation label folder")
     parser.add_argument(

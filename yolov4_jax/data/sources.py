@@ -1,16 +1,19 @@
 """Dataset sources: tfds array_record datasets read with ``as_data_source()`` (no TensorFlow).
 
 ``config.data.name`` selects one of:
-- ``yolov4_synthetic`` (or ``yolov4_synthetic/tiny``): the embedded dataset, prepared on first
-  use into ``config.data.data_dir``;
+- ``yolov4_synthetic`` (or ``yolov4_synthetic/tiny``): the embedded detection dataset, prepared
+  on first use into ``config.data.data_dir``; ``yolov4_synthetic_cls`` (``/tiny``) is its
+  classification counterpart (backbone pretraining);
 - a folder converted by ``python -m yolov4_jax.data.prepare --name NAME`` (see prepare.py);
 - any tfds detection dataset already prepared in array_record format in ``data_dir`` with the
   features of tfds ``coco`` (``coco/2017``), or of ``voc`` (its ``is_difficult`` boxes are
-  treated like crowd boxes).
+  treated like crowd boxes); or any classification dataset with a top-level ``label``
+  ClassLabel and an ``image`` (tfds ``imagenet2012``).
 
-Records hold the encoded image and tfds's normalised (ymin, xmin, ymax, xmax) boxes; `decode`
-turns one into an RGB image with pixel (x1, y1, x2, y2) boxes. Crowd boxes are dropped: darknet's
-COCO labels omit them, and the COCO evaluator reads them from the annotation file.
+`DatasetInfo.task` tells the two kinds apart. Detection records hold the encoded image and
+tfds's normalised (ymin, xmin, ymax, xmax) boxes; `decode` turns one into an RGB image with pixel
+(x1, y1, x2, y2) boxes. Crowd boxes are dropped: darknet's COCO labels omit them, and the COCO
+evaluator reads them from the annotation file. `decode_classification` gives (image, label).
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from yolov4_jax.data import synthetic
 from yolov4_jax.data.augment import Sample
 
 SYNTHETIC_NAME = "yolov4_synthetic"
+SYNTHETIC_CLS_NAME = "yolov4_synthetic_cls"
+DETECTION = "detection"
+CLASSIFICATION = "classification"
+# The embedded datasets: generated on first use, no download.
+_EMBEDDED = {
+    SYNTHETIC_NAME: synthetic.Yolov4Synthetic,
+    SYNTHETIC_CLS_NAME: synthetic.Yolov4SyntheticCls,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +50,7 @@ class DatasetInfo:
     num_classes: int
     class_names: tuple[str, ...]
     split_sizes: dict[str, int]
+    task: str = DETECTION  # "detection" (objects/label) or "classification" (label)
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -63,29 +75,28 @@ def _find_prepared(name: str, data_dir: str) -> str | None:
 def load_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """A tfds builder for ``name`` in ``data_dir``, preparing the embedded dataset if needed."""
     data_dir = resolve_data_dir(data_dir)
-    if name.split("/")[0] == SYNTHETIC_NAME:
+    base = name.split("/")[0]
+    if base in _EMBEDDED:
+        cls = _EMBEDDED[base]
         config = name.split("/")[1] if "/" in name else "default"
-        builder = synthetic.Yolov4Synthetic(
-            config=config, data_dir=data_dir, file_format="array_record"
-        )
+        builder = cls(config=config, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
             os.makedirs(data_dir, exist_ok=True)
             # Several processes may start at once (multi-host, tests): one prepares.
-            with open(os.path.join(data_dir, f".{SYNTHETIC_NAME}.lock"), "w") as lock:
+            with open(os.path.join(data_dir, f".{base}.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not builder.is_prepared():
                     builder.download_and_prepare()
-            builder = synthetic.Yolov4Synthetic(
-                config=config, data_dir=data_dir, file_format="array_record"
-            )
+            builder = cls(config=config, data_dir=data_dir, file_format="array_record")
         return builder
     path = _find_prepared(name, data_dir)
     if path is None:
         raise FileNotFoundError(
-            f"Dataset {name!r} is not prepared in {data_dir!r}. Convert a COCO or YOLO folder with "
-            "`python -m yolov4_jax.data.prepare ... --name NAME --data-dir DIR`, prepare a tfds "
-            "dataset in array_record format (`tfds build coco/2017 --file_format=array_record`), "
-            f"or use the embedded dataset (config.data.name={SYNTHETIC_NAME!r})."
+            f"Dataset {name!r} is not prepared in {data_dir!r}. Convert a COCO, YOLO or "
+            "class-subfolder folder with `python -m yolov4_jax.data.prepare ... --name NAME "
+            "--data-dir DIR`, prepare a tfds dataset in array_record format (`tfds build "
+            "coco/2017 --file_format=array_record`, or imagenet2012), or use an embedded dataset "
+            f"(config.data.name={SYNTHETIC_NAME!r} or {SYNTHETIC_CLS_NAME!r})."
         )
     return tfds.builder_from_directory(path)
 
@@ -111,18 +122,43 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
         ) from e
 
 
+def _label_feature(builder: tfds.core.DatasetBuilder) -> tuple[str, Any]:
+    """(task, ClassLabel): a top-level ``label`` is classification, ``objects/label`` detection."""
+    features = builder.info.features
+    label = features["label"] if "label" in features else None
+    if isinstance(label, tfds.features.ClassLabel):
+        return CLASSIFICATION, label
+    objects = features["objects"] if "objects" in features else None
+    if objects is not None and "label" in objects.keys():
+        label = objects["label"]
+        if isinstance(getattr(label, "feature", label), tfds.features.ClassLabel):
+            return DETECTION, getattr(label, "feature", label)
+    raise ValueError(
+        f"{builder.name} at {builder.data_dir} has neither a top-level `label` ClassLabel "
+        "(classification) nor `objects/label` (detection); its features are "
+        f"{sorted(features.keys())}"
+    )
+
+
+def dataset_task(builder: tfds.core.DatasetBuilder) -> str:
+    """``"detection"`` or ``"classification"``, from the builder's features."""
+    return _label_feature(builder)[0]
+
+
 def class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
-    """Class names from the ``objects/label`` ClassLabel feature."""
-    return tuple(builder.info.features["objects"]["label"].names)
+    """Class names from the ``label`` (classification) or ``objects/label`` ClassLabel."""
+    return tuple(_label_feature(builder)[1].names)
 
 
 def dataset_info_from_builder(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
-    names = class_names(builder)
+    task, label = _label_feature(builder)
+    names = tuple(label.names)
     return DatasetInfo(
         name=builder.name,
         num_classes=len(names),
         class_names=names,
         split_sizes={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+        task=task,
     )
 
 
@@ -150,3 +186,8 @@ def decode(record: dict[str, Any]) -> tuple[Sample, int]:
     # tfds (ymin, xmin, ymax, xmax) in [0, 1] -> pixel (x1, y1, x2, y2).
     boxes = bbox[keep][:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
     return Sample(image, boxes.astype(np.float32), labels[keep]), int(record.get("image/id", -1))
+
+
+def decode_classification(record: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """A classification record -> (uint8 [H, W, 3] RGB image, label)."""
+    return decode_image(record["image"]), int(record["label"])

@@ -9,6 +9,13 @@ Stored as a tfds dataset in array_record files, with the features of tfds ``coco
 (JPEG bytes), ``image/id``, ``image/filename`` and ``objects`` {``bbox`` as tfds's normalised
 (ymin, xmin, ymax, xmax), ``label``, ``is_crowd``}. It is prepared on first use into
 ``config.data.data_dir`` (`load_builder` calls ``download_and_prepare``) and reused after.
+
+``yolov4_synthetic_cls`` is the classification counterpart for backbone pretraining (the YOLOv4
+paper's "BoF for backbone"): ten classes, the five shapes times two colour families (warm: red,
+orange, amber; cool: green, cyan, blue), so neither the shape nor the colour alone gives the class.
+Each 64-96 px image shows one large shape (35-80% of the image side, random aspect and position)
+on the same textured, cluttered backgrounds, sometimes with a small distractor shape of another
+class. Features: ``image`` (JPEG), ``image/id``, ``image/filename``, ``label`` (ClassLabel).
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring")
 # OpenCV 8-bit hues (degrees / 2): red, blue, green, yellow, magenta.
 _CLASS_HUES = (0, 115, 60, 28, 150)
 _SPLIT_IDS = {"train": 0, "validation": 1}
+
+COLOUR_FAMILIES = ("warm", "cool")
+# OpenCV 8-bit hues of each family: red, orange, amber / green, cyan, blue. The families stay
+# apart under the default hue augmentation (+-18) plus the per-instance jitter (+-6).
+_FAMILY_HUES = ((0, 10, 20), (68, 95, 115))
+# Label 2 * shape + family: "circle_warm", "circle_cool", "square_warm", ...
+CLS_CLASS_NAMES = tuple(f"{shape}_{family}" for shape in CLASS_NAMES for family in COLOUR_FAMILIES)
 
 
 @dataclasses.dataclass
@@ -75,13 +89,11 @@ class Yolov4Synthetic(tfds.core.GeneratorBasedBuilder):
         for index in range(num):
             rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
             image, boxes, labels = render_image(rng, cfg.min_side, cfg.max_side, cfg.max_objects)
-            ok, jpeg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
-            assert ok
             h, w = image.shape[:2]
             yield (
                 index,
                 {
-                    "image": jpeg.tobytes(),
+                    "image": _jpeg(image),
                     "image/id": index,
                     "image/filename": f"{split}_{index:06d}.jpg",
                     "objects": {
@@ -91,6 +103,85 @@ class Yolov4Synthetic(tfds.core.GeneratorBasedBuilder):
                     },
                 },
             )
+
+
+@dataclasses.dataclass
+class SyntheticClsConfig(tfds.core.BuilderConfig):
+    """Split sizes and image sizes of one variant of the classification dataset."""
+
+    num_train: int = 5000
+    num_validation: int = 1000
+    min_side: int = 64
+    max_side: int = 96
+    seed: int = 0
+
+
+class Yolov4SyntheticCls(tfds.core.GeneratorBasedBuilder):
+    """Procedural shapes for classification; tfds name ``yolov4_synthetic_cls`` (``/tiny``)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        SyntheticClsConfig(name="default", description="5000 train / 1000 validation, 64-96 px."),
+        SyntheticClsConfig(
+            name="tiny",
+            description="For tests: 40 train / 20 validation.",
+            num_train=40,
+            num_validation=20,
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=classification_features(CLS_CLASS_NAMES),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):  # noqa: ARG002 - nothing to download
+        cfg = self.builder_config
+        return {
+            "train": self._generate_examples("train", cfg.num_train),
+            "validation": self._generate_examples("validation", cfg.num_validation),
+        }
+
+    def _generate_examples(self, split: str, num: int):
+        cfg = self.builder_config
+        n = len(CLS_CLASS_NAMES)
+        for index in range(num):
+            # Balanced: every run of ten records holds each class once, in a random order.
+            order = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index // n, 1])
+            label = int(order.permutation(n)[index % n])
+            rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
+            image = render_classification_image(rng, label, cfg.min_side, cfg.max_side)
+            yield (
+                index,
+                {
+                    "image": _jpeg(image),
+                    "image/id": index,
+                    "image/filename": f"{split}_{index:06d}.jpg",
+                    "label": label,
+                },
+            )
+
+
+def classification_features(class_names) -> tfds.features.FeaturesDict:
+    """The record format of the classification datasets this project writes (tfds-style)."""
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image/id": tfds.features.Scalar(np.int64),
+            "image/filename": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+        }
+    )
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    return jpeg.tobytes()
 
 
 def detection_features(class_names) -> tfds.features.FeaturesDict:
@@ -188,10 +279,54 @@ def _shape_mask(label: int, bw: int, bh: int, rng: np.random.Generator) -> np.nd
     return mask
 
 
-def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
-    hue = (_CLASS_HUES[label] + rng.integers(-6, 7)) % 180
+def _colour(rng: np.random.Generator, base_hue: int) -> np.ndarray:
+    hue = (base_hue + rng.integers(-6, 7)) % 180
     hsv = np.array([[[hue, rng.integers(170, 256), rng.integers(170, 256)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _paint(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    shape: int,
+    base_hue: int,
+    box: tuple[int, int, int, int],
+) -> np.ndarray:
+    """Draws ``shape`` filling ``box`` (x0, y0, width, height), shaded; returns its [h, w] mask."""
+    x0, y0, bw, bh = box
+    mask = _shape_mask(shape, bw, bh, rng).astype(np.float32)[..., None] / 255.0
+    shade = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.15), bh)[:, None, None]
+    colour = np.clip(_colour(rng, base_hue) * shade, 0, 255)
+    region = image[y0 : y0 + bh, x0 : x0 + bw].astype(np.float32)
+    image[y0 : y0 + bh, x0 : x0 + bw] = (region * (1 - mask) + colour * mask).astype(np.uint8)
+    return mask[..., 0]
+
+
+def render_classification_image(
+    rng: np.random.Generator, label: int, min_side: int, max_side: int
+) -> np.ndarray:
+    """One RGB image of class ``label`` of `CLS_CLASS_NAMES`: a dominant shape on clutter."""
+    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+    image = _background(rng, h, w)
+    _clutter(rng, image, int(rng.integers(1, 6)))
+    n = len(CLS_CLASS_NAMES)
+    if rng.random() < 0.5:  # a small distractor of another class, under the main shape
+        other = (label + int(rng.integers(1, n))) % n
+        side = rng.uniform(0.12, 0.25) * min(h, w)
+        bw, bh = max(int(side), 6), max(int(side), 6)
+        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+        _paint(rng, image, other // 2, _family_hue(rng, other % 2), (x0, y0, bw, bh))
+    side = rng.uniform(0.35, 0.8) * min(h, w)
+    aspect = np.exp(rng.uniform(-0.3, 0.3))
+    bw, bh = min(int(side * aspect), w), min(int(side / aspect), h)
+    x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+    _paint(rng, image, label // 2, _family_hue(rng, label % 2), (x0, y0, bw, bh))
+    _clutter(rng, image, int(rng.integers(0, 3)))
+    return image
+
+
+def _family_hue(rng: np.random.Generator, family: int) -> int:
+    return int(rng.choice(_FAMILY_HUES[family]))
 
 
 def render_image(
@@ -218,14 +353,8 @@ def render_image(
             # earlier box, and may not sit inside a box.
             if boxes and not _occlusion_ok(np.array(boxes), new):
                 continue
-            mask = _shape_mask(label, bw, bh, rng).astype(np.float32)[..., None] / 255.0
-            shade = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.15), bh)[:, None, None]
-            colour = np.clip(_colour(rng, label) * shade, 0, 255)
-            region = image[y0 : y0 + bh, x0 : x0 + bw].astype(np.float32)
-            image[y0 : y0 + bh, x0 : x0 + bw] = (region * (1 - mask) + colour * mask).astype(
-                np.uint8
-            )
-            ys, xs = np.nonzero(mask[..., 0] > 0.5)
+            mask = _paint(rng, image, label, _CLASS_HUES[label], (x0, y0, bw, bh))
+            ys, xs = np.nonzero(mask > 0.5)
             boxes.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
             labels.append(label)
             break
