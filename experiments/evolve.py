@@ -1,0 +1,714 @@
+"""Genetic hyperparameter search (YOLOv4 paper section 3.3 and Table 4's "GA" row).
+
+    python -m experiments.evolve --search configs/evolve/demo.py --workdir DIR \
+        [--generations G] [--population P] [--set optim.max_batches=300 ...]
+
+A search file is plain Python:
+
+    BASE = "configs/demo.py"          # the config every candidate starts from
+    FITNESS = "AP50"                  # evaluation metric (no "eval/" prefix), maximised
+    POPULATION, GENERATIONS, SEED = 6, 4, 0
+    def space():                      # "group.field" -> (kind, bounds)
+        return {
+            "optim.learning_rate": ("log", 1e-3, 3e-2),   # log-uniform
+            "optim.momentum": ("float", 0.8, 0.98),
+            "optim.burn_in": ("int", 20, 200),
+            "loss.box_loss": ("choice", ("ciou", "giou")),
+        }
+
+Optional: ELITE (1), TOURNAMENT (2), MUTATION_PROB (0.3), MUTATION_SCALE (0.15).
+
+The algorithm follows the spirit of YOLOv5's ``--evolve`` (which the YOLOv4 paper's GA row and
+darknet's iou_thresh/iou_normalizer values come from) as a plain GA. Generation 0 is the base
+config's values, then random candidates within the bounds (log-uniform for "log"). Each next
+generation draws parents by tournament from a pool made of the last generation plus the elite
+(the best ELITE candidates so far, which therefore never drop out; they are not retrained, as
+an exact duplicate is never evaluated twice), mixes them by uniform crossover, and mutates each
+value with probability MUTATION_PROB: a gaussian step of MUTATION_SCALE in the bounds mapped to
+[0, 1] (log bounds for "log"), clipped to the bounds; a "choice" is resampled among the others.
+Generation g is a function of SEED, g and the recorded results of generations < g only, so a
+rerun of the command regenerates the same candidates and continues where it stopped.
+
+Every candidate trains with `ablate.run_one` in ``DIR/gen<g>/cand<i>/`` (an interrupted one
+resumes from its checkpoints) and leaves ``result.json`` there; ``DIR/candidates.jsonl`` gets
+one line per evaluated candidate. A failed candidate (a non-finite loss, say) has fitness -inf,
+its error recorded, and the search goes on. After every candidate the search rewrites
+``DIR/best_config.py`` (an importable config file for the best candidate), ``DIR/evolve.md``
+(a table per generation) and ``DIR/evolve.png`` (fitness of each candidate by generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from experiments import ablate  # noqa: E402 - needs ROOT on sys.path when run as a script
+
+KINDS = ("float", "log", "int", "choice")
+_DEFAULTS = {
+    "FITNESS": "AP50",
+    "POPULATION": 6,
+    "GENERATIONS": 4,
+    "SEED": 0,
+    "ELITE": 1,
+    "TOURNAMENT": 2,
+    "MUTATION_PROB": 0.3,
+    "MUTATION_SCALE": 0.15,
+}
+# config.loss fields whose darknet [yolo] name differs (losses.LossOptions.resolve).
+_LOSS_TO_HEAD = {"box_loss": "iou_loss", "label_smoothing": "label_smooth_eps"}
+TrainFn = Callable[[Any, str], Mapping[str, Any]]
+
+
+def _canon(value: Any) -> str:
+    """A value's identity across a JSON round trip (tuples and lists alike)."""
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gene:
+    """One searched config field: its kind and its bounds (or choices)."""
+
+    key: str
+    kind: str
+    lo: float = 0.0
+    hi: float = 1.0
+    choices: tuple = ()
+
+    def _span(self) -> tuple[float, float]:
+        if self.kind == "log":
+            return math.log(self.lo), math.log(self.hi)
+        return float(self.lo), float(self.hi)
+
+    def to_unit(self, value: float) -> float:
+        """The value's place in the bounds, 0 to 1 (in log space for "log")."""
+        a, b = self._span()
+        x = math.log(value) if self.kind == "log" else float(value)
+        return (x - a) / (b - a)
+
+    def from_unit(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1]: rounded (6 significant digits or an int), in bounds."""
+        a, b = self._span()
+        x = a + min(max(float(u), 0.0), 1.0) * (b - a)
+        if self.kind == "log":
+            x = math.exp(x)
+        if self.kind == "int":
+            return int(min(max(round(x), self.lo), self.hi))
+        return min(max(float(f"{x:.6g}"), float(self.lo)), float(self.hi))
+
+    def random(self, rng: np.random.Generator) -> Any:
+        if self.kind == "choice":
+            return self.choices[int(rng.integers(len(self.choices)))]
+        if self.kind == "int":
+            return int(rng.integers(int(self.lo), int(self.hi) + 1))
+        return self.from_unit(rng.random())
+
+    def mutate(self, value: Any, rng: np.random.Generator, scale: float) -> Any:
+        if self.kind == "choice":
+            others = [c for c in self.choices if _canon(c) != _canon(value)]
+            return others[int(rng.integers(len(others)))]
+        return self.from_unit(self.to_unit(value) + scale * rng.standard_normal())
+
+    def decode(self, value: Any) -> Any:
+        """A value read back from JSON (a list where a choice was a tuple) as the search's own."""
+        if self.kind == "choice":
+            for c in self.choices:
+                if _canon(c) == _canon(value):
+                    return c
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """A checked search file."""
+
+    path: str
+    base: str  # absolute path of the base config
+    fitness: str
+    population: int
+    generations: int
+    seed: int
+    elite: int
+    tournament: int
+    mutation_prob: float
+    mutation_scale: float
+    genes: tuple[Gene, ...]
+    start: dict[str, Any]  # the base config's values of the searched fields
+
+
+def _parse_gene(path: str, key: Any, spec: Any) -> Gene:
+    where = f"{path}: space()[{key!r}]"
+    if not isinstance(key, str) or "." not in key:
+        raise ValueError(f"{where}: keys are 'group.field' strings")
+    if not isinstance(spec, tuple | list) or not spec or spec[0] not in KINDS:
+        raise ValueError(f"{where}: expected (kind, ...) with kind one of {KINDS}, got {spec!r}")
+    kind = spec[0]
+    if kind == "choice":
+        if len(spec) != 2 or not isinstance(spec[1], tuple | list):
+            raise ValueError(f"{where}: expected ('choice', (a, b, ...)), got {spec!r}")
+        choices = tuple(spec[1])
+        if len({_canon(c) for c in choices}) != len(choices) or len(choices) < 2:
+            raise ValueError(f"{where}: needs at least two distinct choices, got {choices!r}")
+        return Gene(key, kind, choices=choices)
+    if len(spec) != 3:
+        raise ValueError(f"{where}: expected ({kind!r}, lo, hi), got {spec!r}")
+    lo, hi = spec[1], spec[2]
+    number = (int,) if kind == "int" else (int, float)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (lo, hi)):
+        raise ValueError(f"{where}: {kind} bounds must be {'ints' if kind == 'int' else 'numbers'}")
+    if not lo < hi:
+        raise ValueError(f"{where}: lo must be below hi, got lo={lo}, hi={hi}")
+    if kind == "log" and lo <= 0:
+        raise ValueError(f"{where}: log bounds must be positive, got lo={lo}")
+    return Gene(key, kind, lo, hi)
+
+
+def _base_value(config, key: str, source: str) -> Any:
+    """The base config's value of ``key``; a None loss field is the model's [yolo] value."""
+    *groups, field = key.split(".")
+    node = config
+    for g in groups:
+        node = node[g]
+    value = node[field]
+    if value is not None:
+        return value
+    if groups != ["loss"]:
+        raise ValueError(f"{source}: {key} is None in the base config; the search needs a value")
+    from yolov4_jax import losses
+    from yolov4_jax.models import factory, specs
+
+    try:
+        layers = factory.model_layers(config.model)
+    except ValueError as e:
+        raise ValueError(f"{source}: {key} is None in the base config ({e})") from e
+    heads = [s for s in layers if isinstance(s, specs.Yolo)]
+    resolved = losses.loss_options(config.loss).resolve(heads)
+    values = {getattr(h, _LOSS_TO_HEAD.get(field, field)) for h in resolved}
+    if len(values) != 1:
+        raise ValueError(
+            f"{source}: {key} is None in the base config and the model's heads differ "
+            f"({sorted(values)}); set one value in the base config"
+        )
+    return values.pop()
+
+
+def load_search(
+    path: str, *, population: int | None = None, generations: int | None = None
+) -> Search:
+    """Reads and checks a search file (see the module docstring); errors name file and field."""
+    module = ablate.load_module(path)
+    for attr in ("BASE", "space"):
+        if not hasattr(module, attr):
+            raise ValueError(f"{path}: a search file needs {attr} (see experiments/evolve.py)")
+    values = {k: getattr(module, k, v) for k, v in _DEFAULTS.items()}
+    if population is not None:
+        values["POPULATION"] = population
+    if generations is not None:
+        values["GENERATIONS"] = generations
+    for name, low in (("POPULATION", 2), ("GENERATIONS", 1), ("SEED", 0), ("TOURNAMENT", 1)):
+        v = values[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{path}: {name} must be an int >= {low}, got {v!r}")
+    if not isinstance(values["ELITE"], int) or not 0 <= values["ELITE"] < values["POPULATION"]:
+        raise ValueError(f"{path}: ELITE must be an int in [0, POPULATION), got {values['ELITE']}")
+    if not 0 < values["MUTATION_PROB"] <= 1 or not values["MUTATION_SCALE"] > 0:
+        raise ValueError(f"{path}: MUTATION_PROB must be in (0, 1] and MUTATION_SCALE above 0")
+    from yolov4_jax.evaluation import STAT_NAMES
+
+    fitness = values["FITNESS"]
+    if fitness not in STAT_NAMES and not str(fitness).startswith("AP/"):
+        raise ValueError(f"{path}: FITNESS {fitness!r} is not one of {STAT_NAMES} or AP/<class>")
+    space = module.space()
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError(f"{path}: space() must return a non-empty dict 'group.field' -> spec")
+    genes = tuple(_parse_gene(path, k, v) for k, v in space.items())
+
+    base = module.BASE if os.path.isabs(module.BASE) else os.path.join(ROOT, module.BASE)
+    config = ablate.load_module(base).get_config()
+    start = {}
+    for gene in genes:
+        where = f"{path}: {gene.key}"
+        probe = config.copy_and_resolve_references()
+        bounds = gene.choices if gene.kind == "choice" else (gene.lo, gene.hi)
+        for value in bounds:  # an unknown field or a value the field cannot hold
+            try:
+                ablate.apply_overrides(probe, {gene.key: value}, path)
+            except TypeError as e:
+                raise ValueError(f"{where}: {value!r} does not fit the config field ({e})") from e
+        value = _base_value(config, gene.key, path)
+        if gene.kind == "choice":
+            if _canon(value) not in {_canon(c) for c in gene.choices}:
+                raise ValueError(f"{where}: the base value {value!r} is not among {gene.choices}")
+            value = gene.decode(value)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: the base value {value!r} is not a number; use 'choice'")
+        elif not gene.lo <= value <= gene.hi:
+            raise ValueError(
+                f"{where}: the base value {value} (from {module.BASE}) is outside "
+                f"[{gene.lo}, {gene.hi}]"
+            )
+        start[gene.key] = int(value) if gene.kind == "int" else value
+    return Search(
+        path=path,
+        base=base,
+        fitness=fitness,
+        population=values["POPULATION"],
+        generations=values["GENERATIONS"],
+        seed=values["SEED"],
+        elite=values["ELITE"],
+        tournament=values["TOURNAMENT"],
+        mutation_prob=float(values["MUTATION_PROB"]),
+        mutation_scale=float(values["MUTATION_SCALE"]),
+        genes=genes,
+        start=start,
+    )
+
+
+# --- the genetic operators -------------------------------------------------------------------
+
+
+def random_candidate(genes: Sequence[Gene], rng: np.random.Generator) -> dict[str, Any]:
+    return {g.key: g.random(rng) for g in genes}
+
+
+def crossover(
+    a: Mapping[str, Any], b: Mapping[str, Any], rng: np.random.Generator
+) -> dict[str, Any]:
+    """Uniform crossover: each value from either parent with probability 1/2."""
+    return {k: (a[k] if rng.random() < 0.5 else b[k]) for k in a}
+
+
+def mutate(
+    candidate: Mapping[str, Any],
+    genes: Sequence[Gene],
+    rng: np.random.Generator,
+    prob: float,
+    scale: float,
+) -> dict[str, Any]:
+    """Each value mutated with probability ``prob`` (see `Gene.mutate`); in bounds."""
+    return {
+        g.key: g.mutate(candidate[g.key], rng, scale) if rng.random() < prob else candidate[g.key]
+        for g in genes
+    }
+
+
+def _identity(candidate: Mapping[str, Any]) -> str:
+    return _canon(sorted(candidate.items()))
+
+
+def _rank_key(record: Mapping[str, Any]) -> tuple:
+    return (-record["fitness"], record["generation"], record["index"])
+
+
+def generation_candidates(
+    search: Search, generation: int, history: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The candidates of ``generation``: a function of the seed and generations < it only."""
+    history = [r for r in history if r["generation"] < generation]
+    rng = np.random.default_rng([search.seed, generation])
+    seen = {_identity(r["overrides"]) for r in history}
+    genes = search.genes
+    pool = []
+    if generation > 0:
+        finite = sorted((r for r in history if math.isfinite(r["fitness"])), key=_rank_key)
+        last = [r for r in finite if r["generation"] == generation - 1]
+        elite = finite[: search.elite]
+        elite_ids = {(r["generation"], r["index"]) for r in elite}
+        pool = elite + [r for r in last if (r["generation"], r["index"]) not in elite_ids]
+        pool.sort(key=_rank_key)  # pool[0] is the fittest; ties go to the lower index
+
+    def pick() -> int:
+        k = min(search.tournament, len(pool))
+        return int(min(rng.choice(len(pool), size=k, replace=False)))
+
+    out: list[dict[str, Any]] = []
+    while len(out) < search.population:
+        child = None
+        if generation == 0 and not out:
+            child = dict(search.start)
+        for _ in range(100 if pool and child is None else 0):
+            i, j = pick(), pick()
+            parent_a, parent_b = pool[i]["overrides"], pool[j]["overrides"]
+            option = mutate(
+                crossover(parent_a, parent_b, rng),
+                genes,
+                rng,
+                search.mutation_prob,
+                search.mutation_scale,
+            )
+            if _identity(option) not in seen:
+                child = option
+                break
+        for _ in range(0 if child is not None else 1000):
+            option = random_candidate(genes, rng)
+            if _identity(option) not in seen:
+                child = option
+                break
+        if child is None:
+            raise RuntimeError(f"{search.path}: no new candidate left in the search space")
+        seen.add(_identity(child))
+        out.append(child)
+    return out
+
+
+# --- records, resume and reports -------------------------------------------------------------
+
+
+def _read_history(workdir: str, search: Search) -> dict[tuple[int, int], dict[str, Any]]:
+    path = os.path.join(workdir, "candidates.jsonl")
+    history = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    record = _decoded(json.loads(line), search)
+                    history[(record["generation"], record["index"])] = record
+    return history
+
+
+def _decoded(record: dict[str, Any], search: Search) -> dict[str, Any]:
+    keys = {g.key for g in search.genes}
+    if set(record["overrides"]) != keys:
+        raise ValueError(
+            f"generation {record['generation']} candidate {record['index']} searched "
+            f"{sorted(record['overrides'])}, the search file now {sorted(keys)}; "
+            "use a new --workdir"
+        )
+    record["overrides"] = {g.key: g.decode(record["overrides"][g.key]) for g in search.genes}
+    record["fitness"] = float(record["fitness"])
+    return record
+
+
+def _check_same(record: Mapping[str, Any], candidate: Mapping[str, Any], workdir: str) -> None:
+    if _identity(record["overrides"]) != _identity(candidate):
+        raise ValueError(
+            f"{workdir}: generation {record['generation']} candidate {record['index']} was "
+            f"{dict(record['overrides'])} but regenerates as {dict(candidate)}: the search file, "
+            "its SEED or --population changed since it ran; use a new --workdir"
+        )
+
+
+def _fitness(result: Mapping[str, Any], metric: str) -> tuple[float, str, str]:
+    """(fitness, status, error) of a training result."""
+    if result.get("status") != "ok":
+        return -math.inf, "failed", str(result.get("error", ""))
+    value = result.get(metric)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return -math.inf, "failed", f"no finite {metric} among the evaluation metrics"
+    return float(value), "ok", ""
+
+
+def _evaluate(
+    search: Search,
+    generation: int,
+    index: int,
+    candidate: Mapping[str, Any],
+    run_dir: str,
+    extra: Mapping[str, Any],
+    train_seed: int,
+    train_fn: TrainFn,
+) -> dict[str, Any]:
+    config = ablate.make_config(search.base, candidate, train_seed, extra)
+    try:
+        result = dict(train_fn(config, run_dir))
+    except Exception as e:  # noqa: BLE001 - a pluggable trainer's failure is a failed candidate
+        result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    fitness, status, error = _fitness(result, search.fitness)
+    skip = {"status", "error", "wall_s"}
+    return {
+        "generation": generation,
+        "index": index,
+        "overrides": dict(candidate),
+        "fitness": fitness,
+        "status": status,
+        "error": error,
+        "wall_s": result.get("wall_s", 0.0),
+        "metrics": {k: v for k, v in result.items() if k not in skip},
+    }
+
+
+def _config_module_line(base: str) -> tuple[str, str]:
+    """(import line, module name) that gives the base config in a generated config file."""
+    rel = os.path.relpath(base, ROOT)
+    parts = rel[: -len(".py")].split(os.sep)
+    if parts[0] == "configs" and all(p.isidentifier() for p in parts):
+        return f"from {'.'.join(parts[:-1])} import {parts[-1]}", parts[-1]
+    return f"from experiments.ablate import load_module\n\nbase = load_module({base!r})", "base"
+
+
+def write_best_config(
+    workdir: str,
+    search: Search,
+    best: Mapping[str, Any],
+    evaluated: int,
+    extra: Mapping[str, Any],
+    command: str,
+) -> str:
+    """``DIR/best_config.py``: the base config with the best candidate's values."""
+    import_line, module = _config_module_line(search.base)
+    lines = [
+        f"# Best candidate of the genetic search {os.path.relpath(search.path, ROOT)} "
+        "(experiments/evolve.py).",
+        f"# {search.fitness} = {best['fitness']:.4f}: generation {best['generation']}, "
+        f"candidate {best['index']} ({evaluated} candidates evaluated so far).",
+        f"# Command: {command}",
+        "",
+        '"""The best candidate of a genetic search; train it with yolov4_jax.main --config."""',
+        "",
+        import_line,
+        "",
+        "",
+        "def get_config():",
+        f"    config = {module}.get_config()",
+    ]
+    lines += [f"    config.{k} = {v!r}" for k, v in best["overrides"].items()]
+    if extra:
+        lines.append("    # --set of the search: the settings the fitness was measured with")
+        lines += [f"    config.{k} = {v!r}" for k, v in extra.items()]
+    lines.append("    return config")
+    path = os.path.join(workdir, "best_config.py")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _short_names(genes: Sequence[Gene]) -> list[str]:
+    fields = [g.key.rsplit(".", 1)[1] for g in genes]
+    return [f if fields.count(f) == 1 else g.key for f, g in zip(fields, genes, strict=True)]
+
+
+def _value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(workdir: str, search: Search, records: Sequence[Mapping[str, Any]], header: str):
+    """``DIR/evolve.md`` (a table per generation) and ``DIR/evolve.png``."""
+    names = _short_names(search.genes)
+    metric = search.fitness
+    ok = [r for r in records if math.isfinite(r["fitness"])]
+    best = min(ok, key=_rank_key) if ok else None
+    lines = [header, ""]
+    if best:
+        lines.append(
+            f"Best {metric} {best['fitness']:.4f}: generation {best['generation']}, candidate "
+            f"{best['index']} (`gen{best['generation']:02d}/cand{best['index']:02d}`), "
+            "written to `best_config.py`."
+        )
+    lines += ["", f"| generation | trained | failed | best {metric} | mean {metric} |"]
+    lines.append("|---" * 5 + "|")
+    generations = sorted({r["generation"] for r in records})
+    for g in generations:
+        rows = [r for r in records if r["generation"] == g]
+        fit = [r["fitness"] for r in rows if math.isfinite(r["fitness"])]
+        best_g = f"{max(fit):.4f}" if fit else "—"
+        mean_g = f"{sum(fit) / len(fit):.4f}" if fit else "—"
+        lines.append(f"| {g} | {len(rows)} | {len(rows) - len(fit)} | {best_g} | {mean_g} |")
+    for g in generations:
+        rows = sorted((r for r in records if r["generation"] == g), key=lambda r: r["index"])
+        top = min(rows, key=_rank_key)
+        lines += ["", f"### Generation {g}", ""]
+        lines.append(f"| candidate | {metric} | min | " + " | ".join(names) + " |")
+        lines.append("|---" * (3 + len(names)) + "|")
+        for r in rows:
+            name = f"cand{r['index']:02d}" + (" (base)" if (g, r["index"]) == (0, 0) else "")
+            if r is top and math.isfinite(r["fitness"]):
+                name = f"**{name}**"
+            fit = f"{r['fitness']:.4f}" if math.isfinite(r["fitness"]) else "failed"
+            values = [_value(r["overrides"][gene.key]) for gene in search.genes]
+            row = [name, fit, f"{r['wall_s'] / 60:.1f}", *values]
+            lines.append("| " + " | ".join(row) + " |")
+    failed = [r for r in records if not math.isfinite(r["fitness"])]
+    if failed:
+        lines += ["", "Failed candidates:", ""]
+        lines += [f"- gen {r['generation']} cand {r['index']}: {r['error']}" for r in failed]
+    with open(os.path.join(workdir, "evolve.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _plot(workdir, search, records)
+
+
+def _plot(workdir: str, search: Search, records: Sequence[Mapping[str, Any]]) -> None:
+    try:
+        from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
+    except ImportError:  # matplotlib is in the notebooks extra
+        return
+    ok = [r for r in records if math.isfinite(r["fitness"])]
+    if not ok:
+        return
+    spread = 0.3 / max(search.population - 1, 1)
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.add_subplot()
+    ax.scatter(
+        [r["generation"] + spread * (r["index"] - (search.population - 1) / 2) for r in ok],
+        [r["fitness"] for r in ok],
+        s=18,
+        label="candidate",
+    )
+    generations = sorted({r["generation"] for r in records})
+    best_so_far = [
+        max([r["fitness"] for r in ok if r["generation"] <= g] or [math.nan]) for g in generations
+    ]
+    ax.plot(generations, best_so_far, "-", color="C1", label="best so far")
+    failed = [r for r in records if not math.isfinite(r["fitness"])]
+    if failed:
+        low = min(r["fitness"] for r in ok)
+        ax.scatter(
+            [r["generation"] for r in failed],
+            [low] * len(failed),
+            marker="x",
+            color="C3",
+            label="failed",
+        )
+    ax.set_xticks(generations)
+    ax.set_xlabel("generation")
+    ax.set_ylabel(search.fitness)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "evolve.png"), dpi=120)
+
+
+def _command(search: Search, workdir: str, generations, population, extra) -> str:
+    args = ["--search", os.path.relpath(search.path, ROOT), "--workdir", workdir]
+    if generations is not None:
+        args += ["--generations", str(generations)]
+    if population is not None:
+        args += ["--population", str(population)]
+    for k, v in extra.items():
+        args += ["--set", f"{k}={json.dumps(v)}"]
+    return "python -m experiments.evolve " + shlex.join(args)
+
+
+def run_search(
+    search_path: str,
+    workdir: str,
+    *,
+    generations: int | None = None,
+    population: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    train_fn: TrainFn | None = None,
+    command: str | None = None,
+) -> list[dict[str, Any]]:
+    """Runs (or resumes) the search; returns every evaluated candidate's record.
+
+    ``train_fn(config, run_dir)`` returns a result like `ablate.run_one`'s (``status``,
+    ``error``, ``wall_s`` and the metrics without their ``eval/`` prefix); it is
+    `ablate.run_one` unless given (tests pass a fitness function of the config).
+    """
+    search = load_search(search_path, population=population, generations=generations)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {g.key for g in search.genes})
+    if clash:
+        raise ValueError(f"--set {clash}: searched by {search_path}; leave them to the search")
+    ablate.make_config(search.base, {}, 0, extra)  # fail on a bad --set before any training
+    train_seed = int(extra.get("seed", ablate.load_module(search.base).get_config().seed))
+    train_fn = train_fn or ablate.run_one
+    command = command or _command(search, workdir, generations, population, extra)
+    os.makedirs(workdir, exist_ok=True)
+    settings = {"fitness": search.fitness, "seed": search.seed, "extra": extra}
+    settings_path = os.path.join(workdir, "search.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            recorded = json.load(f)
+        if _canon(recorded) != _canon(settings):
+            raise ValueError(
+                f"{workdir}: started with {recorded}, now {settings}; use a new --workdir"
+            )
+    else:
+        with open(settings_path, "w") as f:
+            json.dump(settings, f, indent=1)
+    history = _read_history(workdir, search)
+    header = (
+        f"# Genetic search `{os.path.relpath(search_path, ROOT)}` from "
+        f"`{os.path.relpath(search.base, ROOT)}`\n\n"
+        f"Fitness {search.fitness} (maximised); population {search.population}, "
+        f"{search.generations} generations, seed {search.seed}"
+        + (f"; with {extra}" if extra else "")
+        + f".\n\n`{command}`"
+    )
+
+    def report() -> None:
+        records = sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
+        write_report(workdir, search, records, header)
+        ok = [r for r in records if math.isfinite(r["fitness"])]
+        if ok:
+            best = min(ok, key=_rank_key)
+            write_best_config(workdir, search, best, len(records), extra, command)
+
+    for g in range(search.generations):
+        candidates = generation_candidates(search, g, list(history.values()))
+        for i, candidate in enumerate(candidates):
+            run_dir = os.path.join(workdir, f"gen{g:02d}", f"cand{i:02d}")
+            result_path = os.path.join(run_dir, "result.json")
+            if (g, i) in history:
+                _check_same(history[(g, i)], candidate, workdir)
+                print(f"[evolve] gen {g} cand {i}: done, skipped", flush=True)
+                continue
+            if os.path.exists(result_path):  # trained, but stopped before candidates.jsonl
+                with open(result_path) as f:
+                    record = _decoded(json.load(f), search)
+                _check_same(record, candidate, workdir)
+            else:
+                print(f"[evolve] gen {g} cand {i}: {candidate}", flush=True)
+                record = _evaluate(search, g, i, candidate, run_dir, extra, train_seed, train_fn)
+                os.makedirs(run_dir, exist_ok=True)
+                with open(result_path, "w") as f:
+                    json.dump(record, f, indent=1)
+                print(
+                    f"[evolve] gen {g} cand {i}: {search.fitness} {record['fitness']}", flush=True
+                )
+            with open(os.path.join(workdir, "candidates.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            history[(g, i)] = record
+            report()
+    report()
+    return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--search", required=True, help="search file (configs/evolve/*.py)")
+    parser.add_argument("--workdir", required=True, help="folder for the candidates and reports")
+    parser.add_argument("--generations", type=int, help="default: the search file's GENERATIONS")
+    parser.add_argument("--population", type=int, help="default: the search file's POPULATION")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="GROUP.FIELD=VALUE",
+        help="override for every candidate, e.g. optim.max_batches=300 (JSON values)",
+    )
+    args = parser.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"--set {item!r}: expected GROUP.FIELD=VALUE")
+        key, value = item.split("=", 1)
+        extra[key] = ablate._parse_value(value)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    records = run_search(
+        args.search,
+        args.workdir,
+        generations=args.generations,
+        population=args.population,
+        extra=extra,
+        command="python -m experiments.evolve " + shlex.join(argv),
+    )
+    with open(os.path.join(args.workdir, "evolve.md")) as f:
+        print(f.read())
+    return 0 if any(math.isfinite(r["fitness"]) for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
