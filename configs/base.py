@@ -11,10 +11,15 @@ import ml_collections
 
 def _model() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
-    m.name = "yolov4"  # yolov4 | yolov4_tiny | yolov4_csp | cfg (a darknet cfg file, `cfg_path`)
+    # yolov4 | yolov4_tiny | yolov4_csp | cfg (a darknet cfg file, `cfg_path`) | cspdarknet53
+    # (the backbone as a classifier, for config.task=classification)
+    m.name = "yolov4"
     m.cfg_path = ""  # darknet .cfg used when name == "cfg"
     m.weights = ""  # darknet .weights (or yolov4.conv.137-style partial file) to start from
     m.weights_num_layers = -1  # read only this many layers of `weights` (-1: all)
+    # A classifier run's workdir (config.task=classification) whose backbone starts the detector.
+    m.backbone_checkpoint = ""
+    m.backbone_checkpoint_which = "best"  # best | latest checkpoint of that run
     m.num_classes = 80
     m.anchors = ()  # (w, h) pairs in pixels of the training size; () keeps the variant's own
     m.width = 1.0  # channel multiplier (scaled-YOLOv4 style); tests use tiny widths
@@ -61,7 +66,7 @@ def _optim() -> ml_collections.ConfigDict:
     o.weight_decay = 0.0005  # L2 on conv kernels only (darknet's `decay`)
     o.burn_in = 1000  # updates of lr * (step / burn_in) ** burn_in_power (darknet burn_in)
     o.burn_in_power = 4.0  # darknet's `power`
-    o.schedule = "steps"  # steps | cosine | sgdr | constant (paper BoF: cosine annealing)
+    o.schedule = "steps"  # steps | cosine | sgdr | poly | constant (paper BoF: cosine annealing)
     o.steps = (400000, 450000)  # `steps`: lr *= scales[i] from update steps[i] on
     o.scales = (0.1, 0.1)  # multipliers for `steps`
     o.max_batches = 500500  # total updates (~270 COCO epochs at batch 64)
@@ -130,7 +135,7 @@ def _train() -> ml_collections.ConfigDict:
     t.log_every = 50  # steps between metric writes (metrics.jsonl, TensorBoard, progress)
     t.eval_every = 5000  # steps between evaluations on the validation split (0: end only)
     t.checkpoint_every = 1000  # steps between checkpoints (also at eval, SIGTERM and the end)
-    t.best_metric = "AP"  # eval metric that picks the kept best checkpoint
+    t.best_metric = "AP"  # eval metric that picks the kept best checkpoint (classifier: top1)
     t.eval_split = "validation"
     t.eval_max_batches = 0  # evaluate on at most this many batches (0: the whole split)
     t.eval_score_threshold = 0.005  # darknet `detector map` confidence threshold
@@ -143,6 +148,7 @@ def _train() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.task = "detection"  # detection | classification (backbone pretraining)
     config.model = _model()
     config.data = _data()
     config.loss = _loss()

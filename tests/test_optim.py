@@ -60,6 +60,16 @@ def test_cosine_policy_after_burn_in():
     np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-5)
 
 
+def test_poly_policy_uses_darknets_power():
+    config = base_config()
+    config.schedule, config.burn_in, config.burn_in_power = "poly", 100, 4.0
+    schedule = optim.learning_rate_schedule(config, global_batch_size=64, total_steps=1000)
+    lr = 0.0013
+    steps = [50, 100, 500, 900, 1000, 1200]
+    expected = [lr * 0.5**4, lr * 0.9**4, lr * 0.5**4, lr * 0.1**4, 0.0, 0.0]
+    np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-5, atol=1e-12)
+
+
 def test_sgdr_restarts_with_growing_cycles():
     config = base_config()
     config.update(schedule="sgdr", burn_in=0, sgdr_cycle=100, sgdr_mult=2.0)
@@ -82,7 +92,7 @@ def test_constant_policy_and_bad_policy():
     config.schedule = "constant"
     schedule = optim.learning_rate_schedule(config, global_batch_size=64, total_steps=10)
     np.testing.assert_allclose(values(schedule, [250, 1000, 10**6]), [0.0013 / 256] + [0.0013] * 2)
-    config.schedule = "poly"
+    config.schedule = "exponential"
     with pytest.raises(ValueError, match="schedule"):
         optim.learning_rate_schedule(config, global_batch_size=64, total_steps=10)
 

@@ -361,3 +361,33 @@ def _clip_gradient_bwd(bound: float, _, g: Array) -> tuple[Array]:
 
 
 _clip_gradient.defvjp(_clip_gradient_fwd, _clip_gradient_bwd)
+
+
+def smooth_class_targets(target: Array, eps: float) -> Array:
+    """The classifier's label smoothing (darknet data.c::fill_truth_smooth).
+
+    Each class keeps ``1 - eps`` of its target and gets ``eps / (K - 1)`` of the rest:
+    ``y * (1 - eps) + (1 - y) * eps / (K - 1)``; a one-hot row becomes ``1 - eps`` for the
+    true class and ``eps / (K - 1)`` for each other. Rows that sum to one (mixed labels
+    from CutMix or Mosaic included) still sum to one. The detector's BCE uses ``eps / 2``.
+    """
+    k = target.shape[-1]
+    if eps == 0 or k < 2:
+        return target
+    return target * (1.0 - eps) + (1.0 - target) * (eps / (k - 1))
+
+
+def classification_loss(
+    logits: Array, target: Array, label: Array, label_smoothing: float = 0.0
+) -> tuple[Array, dict[str, Array]]:
+    """Softmax cross-entropy against the (mixed, smoothed) label distribution.
+
+    ``logits`` [B, K], ``target`` [B, K] rows summing to one, ``label`` int [B] (the base
+    image's class). Returns the batch-mean loss and metrics ``total``, ``cls`` and ``top1``
+    (the fraction of rows whose arg-max is ``label``).
+    """
+    logits = logits.astype(jnp.float32)
+    target = smooth_class_targets(target.astype(jnp.float32), label_smoothing)
+    loss = -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
+    top1 = jnp.mean((jnp.argmax(logits, axis=-1) == label).astype(jnp.float32))
+    return loss, {"total": loss, "cls": loss, "top1": top1}

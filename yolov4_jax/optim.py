@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 Array = jax.Array
-SCHEDULES = ("steps", "cosine", "sgdr", "constant")
+SCHEDULES = ("steps", "cosine", "sgdr", "poly", "constant")
 _MAX_SGDR_CYCLES = 64
 
 
@@ -52,6 +52,9 @@ def learning_rate_schedule(
       As in darknet, cycles count from step 0 (burn-in overrides the start of the first), a
       cycle ends on ``learning_rate_min`` and the next starts one step later.
     * ``cosine``: ``sgdr`` with a single cycle of ``total_steps``.
+    * ``poly``: ``lr * (1 - step / total_steps) ** power`` (the classifier's policy in
+      csdarknet53-omega.cfg); darknet's one ``power`` key serves burn-in and poly, so
+      ``burn_in_power`` is the exponent of both.
     * ``constant``: ``lr``.
 
     ``learning_rate_min`` is not scaled with the batch (darknet does not scale it either).
@@ -86,6 +89,12 @@ def learning_rate_schedule(
             size = jnp.asarray(sizes)[k]
             t = jnp.minimum(step - jnp.asarray(starts)[k], size).astype(jnp.float32)
             return lr_min + 0.5 * (lr - lr_min) * (1.0 + jnp.cos(math.pi * t / size))
+
+    elif policy == "poly":
+
+        def after_burn_in(step: Array) -> Array:
+            left = jnp.clip(1.0 - step.astype(jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+            return lr * jnp.power(left, power)
 
     else:
 

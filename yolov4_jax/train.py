@@ -16,10 +16,8 @@ event files), a progress bar, periodic COCO evaluation and a picture of detectio
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -36,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolov4_jax import data as data_lib
-from yolov4_jax import losses, optim
+from yolov4_jax import losses, optim, tasks
 from yolov4_jax.models import Network, factory
 
 Array = jax.Array
@@ -82,7 +80,28 @@ def init_variables(
                     )
                 merged[collection][name] = leaves
         variables = jax.tree.map(jnp.asarray, merged)
+    if config.model.get("backbone_checkpoint"):
+        variables = _load_backbone(model, variables, config.model)
     return variables
+
+
+def _load_backbone(model: Network, variables: PyTree, model_config) -> PyTree:
+    """``variables`` with the backbone of a classifier run (``backbone_checkpoint``)."""
+    from yolov4_jax import checkpoints
+    from yolov4_jax.models import transfer
+
+    path = model_config.backbone_checkpoint
+    which = model_config.get("backbone_checkpoint_which", "best")
+    _, classifier, loaded, _ = checkpoints.load_for_inference(path, which)
+    merged, names = transfer.transfer_backbone(
+        model.layers,
+        variables,
+        classifier.layers,
+        loaded,
+        source=f"config.model.backbone_checkpoint={path}",
+    )
+    logging.info("backbone: %d layers from %s (%s checkpoint)", len(names), path, which)
+    return jax.tree.map(jnp.asarray, merged)
 
 
 def create_train_state(
@@ -189,8 +208,7 @@ def make_train_step(
     scalars: the loss terms averaged over the micro-batches, counts summed, ``lr``,
     ``grad_norm``, ``sat`` (fraction of micro-batches that got SAT) and ``finite``.
     """
-    heads = model.heads
-    loss_options = losses.loss_options(config.loss)
+    task = tasks.create(config, model)
     subdivisions = int(config.optim.subdivisions)
     total_steps = int(config.optim.max_batches)
     tc = config.train
@@ -220,7 +238,10 @@ def make_train_step(
         b = batch["image"].shape[0]
         if b % subdivisions:
             raise ValueError(f"batch {b} is not divisible by subdivisions {subdivisions}")
-        micro = {k: split(batch[k]) for k in ("image", "boxes", "labels", "mask")}
+        missing = set(task.batch_keys) - set(batch)
+        if missing:
+            raise KeyError(f"the {config.task} batch lacks {sorted(missing)}")
+        micro = {k: split(batch[k]) for k in task.batch_keys}
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         keys = jax.random.split(rng, subdivisions)
         progress = state.step.astype(jnp.float32) / max(total_steps, 1)
@@ -238,7 +259,7 @@ def make_train_step(
                 frozen = {"params": state.params, "batch_stats": batch_stats}
                 images = jax.lax.cond(
                     do_sat,
-                    lambda x: sat_images(model, frozen, x, heads, loss_options, sat_step),
+                    lambda x: task.adversarial_images(frozen, x, sat_step),
                     lambda x: x,
                     images,
                 )
@@ -257,9 +278,7 @@ def make_train_step(
                     rngs={"dropblock": drop_key},
                     mutable=mutable,
                 )
-                loss, metrics = losses.yolo_loss(
-                    outputs, mb, heads, loss_options, image_hw=images.shape[1:3]
-                )
+                loss, metrics = task.loss(outputs, mb, images.shape[1:3])
                 return loss, (metrics, new_vars)
 
             (_, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -428,9 +447,9 @@ def train_and_evaluate(
     _check_batch(config, num_devices)
 
     info = data_lib.dataset_info(config)
+    tasks.check_dataset(config, info)
     model = factory.create_model(config.model, num_classes=info.num_classes)
-    if not model.heads:
-        raise ValueError("the detector train loop needs a model with [yolo] heads")
+    task = tasks.create(config, model)
     total_steps = int(config.optim.max_batches)
     tx, schedule = optim.make_optimizer(
         config.optim, global_batch_size=config.data.batch_size, total_steps=total_steps
@@ -439,14 +458,18 @@ def train_and_evaluate(
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
         with open(os.path.join(workdir, "dataset.json"), "w") as f:
-            json.dump({"name": info.name, "class_names": list(info.class_names)}, f, indent=1)
+            json.dump(
+                {"name": info.name, "task": config.task, "class_names": list(info.class_names)},
+                f,
+                indent=1,
+            )
 
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(
         create_train_state(model, config, tx, jax.random.PRNGKey(config.seed)), replicated
     )
     local_devices = jax.local_device_count()
-    train_iter = data_lib.create_train_iterator(
+    train_iter = task.train_iterator(
         config,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -461,7 +484,10 @@ def train_and_evaluate(
 
     train_step = make_train_step(model, config, tx, schedule, mesh)
     writer = MetricWriter(workdir, enabled=is_main)
-    evaluator = functools.partial(_evaluate, model=model, config=config, info=info, mesh=mesh)
+
+    def evaluator(state):
+        return task.evaluate(eval_variables(state), config, info, mesh)
+
     tc = config.train
     eval_metrics: dict[str, float] = {}
     pending: list[tuple[int, dict[str, Array]]] = []
@@ -485,7 +511,7 @@ def train_and_evaluate(
                     summary["train/steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
                     writer.write(step, summary)
                     progress.update(step - last_step)
-                    progress.set_postfix(_postfix(summary), refresh=False)
+                    progress.set_postfix(_postfix(summary, task.progress_keys), refresh=False)
                     pending, last_time, last_step, images_seen = [], now, step, 0
                 do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
                 if do_eval:
@@ -506,8 +532,8 @@ def train_and_evaluate(
         progress.close()
         ckpt.close()
         writer.close()
-    if step >= total_steps and tc.detections_image and is_main:
-        _write_detections_image(model, state, config, info, workdir)
+    if step >= total_steps and is_main:
+        task.finish(eval_variables(state), config, info, workdir)
     return eval_metrics
 
 
@@ -522,10 +548,14 @@ def _summarise(pending, ckpt) -> dict[str, float]:
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), m in zip(pending, fetched, strict=True):
         if not bool(m["finite"]):
+            terms = " ".join(
+                f"{k}={float(v):.4g}"
+                for k, v in m.items()
+                if k not in ("finite", "lr", "sat") and not k.startswith("num_")
+            )
             raise FloatingPointError(
-                f"non-finite loss or gradient at step {step} (loss terms: "
-                f"box={float(m['box']):.4g} obj={float(m['obj']):.4g} cls={float(m['cls']):.4g}, "
-                f"grad_norm={float(m['grad_norm']):.4g}); the update was not applied. The last "
+                f"non-finite loss or gradient at step {step} ({terms}); the update was not "
+                "applied. The last "
                 f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
                 "config.optim.learning_rate, raise config.optim.burn_in or set "
                 "config.optim.grad_clip_norm."
@@ -534,15 +564,14 @@ def _summarise(pending, ckpt) -> dict[str, float]:
     return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in keys}
 
 
-def _postfix(summary: Mapping[str, float]) -> dict[str, str]:
-    short = {"total": "loss", "box": "box", "obj": "obj", "cls": "cls", "lr": "lr"}
+def _postfix(summary: Mapping[str, float], short: Mapping[str, str]) -> dict[str, str]:
     out = {v: f"{summary[f'train/{k}']:.4g}" for k, v in short.items() if f"train/{k}" in summary}
     out["img/s"] = f"{summary['train/images_per_sec']:.1f}"
     return out
 
 
 def _format_eval(metrics: Mapping[str, float]) -> str:
-    keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+    keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "top1", "top5", "loss")
     return " ".join(f"{k}={metrics[f'eval/{k}']:.4f}" for k in keys if f"eval/{k}" in metrics)
 
 
@@ -550,74 +579,3 @@ def eval_variables(state: TrainState) -> dict[str, PyTree]:
     """The weights evaluation uses: the EMA when it is on, else the trained ones."""
     params = state.ema_params if state.ema_params else state.params
     return {"params": params, "batch_stats": state.batch_stats}
-
-
-def _nms_options(config: ml_collections.ConfigDict, heads):
-    from yolov4_jax import inference
-
-    tc = config.train
-    return inference.nms_options_for(
-        heads,
-        score_threshold=tc.eval_score_threshold,
-        iou_threshold=tc.eval_iou_threshold,
-        max_detections=tc.eval_max_detections,
-    )
-
-
-def _evaluate(state: TrainState, *, model, config, info, mesh) -> dict[str, float]:
-    from yolov4_jax import evaluation, inference
-
-    predict = inference.make_predict_fn(model, _nms_options(config, model.heads))
-    if mesh.devices.size > 1:
-        predict = evaluation.shard_predict_fn(predict, mesh)
-    max_batches = config.train.eval_max_batches or None
-    metrics = evaluation.evaluate(
-        predict,
-        eval_variables(state),
-        config,
-        split=config.train.eval_split,
-        class_names=info.class_names,
-        max_batches=max_batches,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    return {f"eval/{k}": float(v) for k, v in metrics.items() if _is_number(v)}
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float | np.floating | np.integer) and math.isfinite(float(v))
-
-
-def _write_detections_image(model, state, config, info, workdir: str, num: int = 8) -> str:
-    """WORKDIR/detections.png: the first validation images with the model's detections."""
-    import cv2
-
-    from yolov4_jax import inference
-    from yolov4_jax.data import preview
-
-    options = inference.nms_options_for(model.heads, score_threshold=0.25)
-    predict = inference.make_predict_fn(model, options)
-    eval_config = ml_collections.ConfigDict(config.to_dict())
-    eval_config.data.eval_batch_size = num
-    batch = next(data_lib.create_eval_iterator(eval_config, config.train.eval_split))
-    dets = jax.device_get(predict(eval_variables(state), jnp.asarray(batch["image"])))
-    tiles = []
-    side = batch["image"].shape[1]
-    for i in range(num):
-        if not batch["valid"][i]:
-            continue
-        keep = dets.valid[i]
-        boxes = dets.boxes[i][keep] * side
-        tiles.append(
-            preview.annotate(batch["image"][i], boxes, dets.classes[i][keep], info.class_names)
-        )
-    cols = min(4, len(tiles))
-    rows = math.ceil(len(tiles) / cols)
-    blank = np.zeros_like(tiles[0])
-    tiles += [blank] * (rows * cols - len(tiles))
-    grid = np.concatenate(
-        [np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0
-    )
-    path = os.path.join(workdir, "detections.png")
-    cv2.imwrite(path, grid)
-    return path

@@ -8,7 +8,9 @@ import ml_collections
 from yolov4_jax.models import csp, tiny, yolov4
 from yolov4_jax.models.network import Network
 
-VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cfg")
+VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cspdarknet53", "cfg")
+# Classifiers (backbone pretraining, config.task == "classification").
+CLASSIFIERS = ("cspdarknet53",)
 
 
 def _head_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -26,9 +28,23 @@ _YOLOV4_SWITCHES = {
 }
 
 
+# The switches the classifier takes (its backbone's); the others concern the detector's neck.
+_CLASSIFIER_SWITCHES = ("activation", "dropblock")
+
+
 def _check_switches(c: ml_collections.ConfigDict) -> None:
     """A switch the variant does not take is an error, never silently ignored."""
     changed = [k for k, v in _YOLOV4_SWITCHES.items() if c.get(k, v) != v]
+    if c.name in CLASSIFIERS:
+        changed = [k for k in changed if k not in _CLASSIFIER_SWITCHES]
+        if changed or _head_options(c) or c.anchors:
+            extra = ["head_options"] * bool(_head_options(c)) + ["anchors"] * bool(c.anchors)
+            raise ValueError(
+                f"config.model.{', config.model.'.join(changed + extra)} set, but the "
+                f"{c.name} classifier has no neck or heads; it takes only "
+                f"{', '.join(_CLASSIFIER_SWITCHES)}, width and depth"
+            )
+        return
     if c.name == "yolov4_tiny" and c.get("depth", 1.0) != 1.0:
         changed.append("depth")
     if changed:
@@ -43,6 +59,17 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
     """The layer specs of `config.model`; `num_classes` (from the dataset) overrides it."""
     c = model_config
     classes = int(num_classes if num_classes is not None else c.num_classes)
+    if c.name in ("yolov4_tiny", "yolov4_csp", *CLASSIFIERS):
+        _check_switches(c)
+    if c.name == "cspdarknet53":
+        return yolov4.cspdarknet53_classifier_layers(
+            classes,
+            activation=c.activation,
+            dropblock_probability=c.dropblock,
+            dropblock_size=c.dropblock_size,
+            width=c.width,
+            depth=c.depth,
+        )
     anchors = tuple(tuple(a) for a in c.anchors) if c.anchors else None
     common = {"num_classes": classes}
     if anchors:
@@ -58,8 +85,6 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         masks = tuple(tuple(range(h * per, (h + 1) * per)) for h in range(heads))
         # yolov4-tiny lists its stride-32 head first.
         common.update(anchors=anchors, masks=masks[::-1] if heads == 2 else masks)
-    if c.name in ("yolov4_tiny", "yolov4_csp"):
-        _check_switches(c)
     if c.name == "yolov4":
         return yolov4.yolov4_layers(
             **common,

@@ -88,6 +88,33 @@ def cspdarknet53(
     return outputs
 
 
+def cspdarknet53_classifier_layers(
+    num_classes: int = 1000,
+    activation: str = "mish",
+    dropblock_probability: float = 0.0,
+    dropblock_size: int = 7,
+    width: float = 1.0,
+    depth: float = 1.0,
+) -> tuple[specs.Spec, ...]:
+    """CSPDarknet53 as an image classifier (darknet's csdarknet53-omega.cfg head).
+
+    The backbone layers are exactly those of `yolov4_layers` with the same activation,
+    width, depth and DropBlock, so a trained classifier's backbone transfers into the
+    detector (`yolov4_jax.models.transfer`); then global average pooling and a linear 1x1
+    conv to ``num_classes`` logits (darknet's [avgpool], [convolutional] and [softmax]).
+    """
+    b = Builder(width)
+    dropblock = (
+        specs.DropBlock(dropblock_probability, dropblock_size)
+        if dropblock_probability > 0
+        else None
+    )
+    cspdarknet53(b, activation, depth, dropblock)
+    b.add(specs.AvgPool())
+    b.add(specs.Conv(num_classes, 1, 1, 0, 1, False, "linear"))
+    return b.build()
+
+
 def spp(b: Builder) -> int:
     """The paper's modified SPP: stride-1 max-pools 5, 9, 13 concatenated with their input."""
     source = b.last
