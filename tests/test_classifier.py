@@ -191,3 +191,27 @@ def test_task_and_dataset_must_agree(tmp_path, tiny_cls_data_dir):
     config.model.name = "yolov4_tiny"
     with pytest.raises(ValueError, match="does not fit config.task"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_detector_starts_from_a_darknet_partial_file(tmp_path, detector):
+    """darknet's yolov4.conv.137 route: model.weights with weights_num_layers."""
+    from yolov4_jax.darknet import weights as dw
+
+    model, source = detector
+    n = 40  # a prefix of the layer list, as `darknet partial` writes
+    path = str(tmp_path / "partial.conv.40")
+    dw.write_weights(path, model.layers[:n], source, dw.Header())
+    config = base.get_config()
+    config.model.width, config.model.depth = 0.125, 0.33
+    config.model.weights, config.model.weights_num_layers = path, n
+    variables = train.init_variables(model, config, jax.random.key(7), 32)
+    for i in range(len(model.layers)):
+        name = layer_name(i)
+        if name not in source["params"]:
+            continue
+        equal = jax.tree.map(
+            lambda a, b: bool(np.array_equal(a, b)),
+            variables["params"][name],
+            source["params"][name],
+        )
+        assert all(jax.tree.leaves(equal)) == (i < n), name
