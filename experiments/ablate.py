@@ -7,6 +7,7 @@ A sweep file is plain Python:
 
     BASE = "configs/demo.py"          # the config every variant starts from
     SEEDS = (0, 1, 2)                 # default seeds (config.seed)
+    METRICS = ("AP", "AP50", "AP75")  # eval metrics of the table (classifiers: top1, top5)
     def sweep():                      # variant name -> {"group.field": value}
         return {"baseline": {}, "no_mosaic": {"data.mosaic": False}}
 
@@ -16,7 +17,7 @@ next time; an interrupted one resumes from its checkpoints, so rerunning the com
 a partly finished sweep. A run that fails (for example a non-finite loss) is recorded with its
 error and the sweep goes on. After every run the sweep writes ``DIR/results.csv`` (one row per
 run), ``DIR/results.md`` (mean and standard deviation over seeds of AP and AP50, minutes per
-run) and ``DIR/results.png`` (AP50 and AP per variant with the spread over seeds).
+run) and ``DIR/results.png`` (the first two metrics per variant with the spread over seeds).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def load_module(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def sweep_metrics(path: str) -> tuple[str, ...]:
+    """The eval metrics a sweep file's table reports (``METRICS``; default AP, AP50, AP75)."""
+    metrics = tuple(getattr(load_module(path), "METRICS", METRICS))
+    if not metrics or not all(isinstance(m, str) and m for m in metrics):
+        raise ValueError(f"{path}: METRICS must be a non-empty tuple of eval metric names")
+    return metrics
 
 
 def load_sweep(path: str) -> tuple[str, tuple[int, ...], dict[str, dict[str, Any]]]:
@@ -147,7 +156,11 @@ def collect(workdir: str, variants: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+def summarise(
+    rows: Sequence[Mapping[str, Any]],
+    variants: Sequence[str],
+    metrics: Sequence[str] = METRICS,
+) -> list[dict[str, Any]]:
     """Per variant: runs, failures, mean and std over seeds of each metric, minutes per run."""
     table = []
     for variant in variants:
@@ -156,7 +169,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> lis
             continue
         ok = [r for r in runs if r["status"] == "ok"]
         entry = {"variant": variant, "runs": len(ok), "failed": len(runs) - len(ok)}
-        for m in METRICS:
+        for m in metrics:
             entry[m], entry[f"{m}_std"] = _mean_std([r.get(m) for r in ok])
         entry["minutes"] = _mean_std([r["wall_s"] / 60 for r in runs])[0]
         table.append(entry)
@@ -169,26 +182,32 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
-def write_reports(workdir: str, rows, table, header: str) -> None:
+def write_reports(workdir: str, rows, table, header: str, metrics: Sequence[str] = METRICS) -> None:
     keys = sorted({k for r in rows for k in r if not k.startswith("AP/")})
-    first = ["variant", "seed", "status", "AP", "AP50", "AP75", "wall_s"]
+    first = ["variant", "seed", "status", *metrics, "wall_s"]
     fields = [k for k in first if k in keys] + [k for k in keys if k not in first]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [header, "", "| variant | runs | AP | AP50 | AP75 | min/run |", "|---" * 6 + "|"]
+    names = " | ".join(metrics)
+    lines = [
+        header,
+        "",
+        f"| variant | runs | {names} | min/run |",
+        "|---" * (len(metrics) + 3) + "|",
+    ]
     for e in table:
         runs = f"{e['runs']}" + (f" (+{e['failed']} failed)" if e["failed"] else "")
-        cells = [_fmt(e[m], e[f"{m}_std"]) for m in METRICS]
+        cells = [_fmt(e[m], e[f"{m}_std"]) for m in metrics]
         lines.append(f"| {e['variant']} | {runs} | {' | '.join(cells)} | {e['minutes']:.1f} |")
-    lines += ["", "Mean ± sample standard deviation over seeds (pycocotools, validation split)."]
+    lines += ["", "Mean ± sample standard deviation over seeds (validation split)."]
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    _plot(workdir, table)
+    _plot(workdir, table, metrics)
 
 
-def _plot(workdir: str, table) -> None:
+def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
     try:
         from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     except ImportError:  # matplotlib is in the notebooks extra
@@ -199,12 +218,16 @@ def _plot(workdir: str, table) -> None:
     xs = range(len(names))
     fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
     ax = fig.add_subplot()
-    for offset, metric in ((-0.2, "AP50"), (0.2, "AP")):
+    shown = list(metrics[:2])
+    if shown == ["AP", "AP50"]:
+        shown = ["AP50", "AP"]
+    offsets = (-0.2, 0.2) if len(shown) == 2 else (0.0,)
+    for offset, metric in zip(offsets, shown, strict=True):
         means = [e[metric] for e in table]
         stds = [0.0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"] for e in table]
         ax.bar([x + offset for x in xs], means, 0.4, yerr=stds, capsize=3, label=metric)
     ax.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax.set_ylabel("COCO metric")
+    ax.set_ylabel("validation metric")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
@@ -220,6 +243,7 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) every variant x seed of the sweep; returns the summary table."""
     base, default_seeds, variants = load_sweep(sweep_path)
+    metrics = sweep_metrics(sweep_path)
     if only:
         unknown = sorted(set(only) - set(variants))
         if unknown:
@@ -250,10 +274,10 @@ def run_sweep(
         with open(os.path.join(run_dir, "result.json"), "w") as f:
             json.dump(record, f, indent=1)
         rows = collect(workdir, list(variants))
-        write_reports(workdir, rows, summarise(rows, list(variants)), header)
+        write_reports(workdir, rows, summarise(rows, list(variants), metrics), header, metrics)
     rows = collect(workdir, list(variants))
-    table = summarise(rows, list(variants))
-    write_reports(workdir, rows, table, header)
+    table = summarise(rows, list(variants), metrics)
+    write_reports(workdir, rows, table, header, metrics)
     return table
 
 

@@ -67,7 +67,9 @@ def test_bad_overrides_fail_before_training(tmp_path):
         ablate.run_sweep(str(tmp_path / "sweep.py"), str(tmp_path / "r"), only=["nope"])
 
 
-@pytest.mark.parametrize("name", ["bof_detector", "bos_detector", "activation", "augmentation"])
+@pytest.mark.parametrize(
+    "name", ["bof_detector", "bos_detector", "activation", "augmentation", "bof_classifier"]
+)
 def test_committed_sweeps_build_their_configs(name):
     base, seeds, variants = ablate.load_sweep(
         os.path.join(ablate.ROOT, "configs", "ablations", f"{name}.py")
@@ -84,3 +86,19 @@ def test_mean_std():
     mean, std = ablate._mean_std([0.5])
     assert mean == 0.5 and math.isnan(std)
     assert all(math.isnan(v) for v in ablate._mean_std([]))
+
+
+def test_classifier_sweep_reports_top1_and_top5(tmp_path, tiny_cls_data_dir):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(
+        'BASE = "configs/test_tiny_classifier.py"\nMETRICS = ("top1", "top5")\n'
+        'def sweep():\n    return {"none": {"data.cutmix": False}, "cutmix": {}}\n'
+    )
+    extra = {"data.data_dir": str(tiny_cls_data_dir), "optim.max_batches": 2}
+    table = ablate.run_sweep(str(sweep), str(tmp_path / "runs"), extra=extra)
+    assert [e["variant"] for e in table] == ["none", "cutmix"]
+    assert all(0.0 <= e["top1"] <= e["top5"] <= 1.0 for e in table)
+    text = (tmp_path / "runs" / "results.md").read_text()
+    assert "| variant | runs | top1 | top5 | min/run |" in text
+    with open(tmp_path / "runs" / "results.csv") as f:
+        assert next(csv.reader(f))[:5] == ["variant", "seed", "status", "top1", "top5"]
