@@ -108,7 +108,8 @@ def run_one(config, run_dir: str) -> dict[str, Any]:
     start = time.time()
     try:
         metrics = train.train_and_evaluate(config, run_dir)
-        status, error = "ok", ""
+        # A finished run always evaluates; no metrics means it stopped early (SIGTERM).
+        status, error = ("ok", "") if metrics else ("interrupted", "")
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         metrics, status = {}, "failed"
         error = f"{type(e).__name__}: {e}"
@@ -269,6 +270,9 @@ def run_sweep(
             continue
         print(f"[ablate] {name} seed {seed}: {dict(variants[name])}", flush=True)
         result = run_one(config, run_dir)
+        if result["status"] == "interrupted":
+            print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
+            break
         record = {"variant": name, "seed": seed, "overrides": json.dumps(variants[name])}
         record.update(result)
         with open(os.path.join(run_dir, "result.json"), "w") as f:

@@ -403,6 +403,8 @@ def _check_same(record: Mapping[str, Any], candidate: Mapping[str, Any], workdir
 
 def _fitness(result: Mapping[str, Any], metric: str) -> tuple[float, str, str]:
     """(fitness, status, error) of a training result."""
+    if result.get("status") == "interrupted":
+        return -math.inf, "interrupted", ""
     if result.get("status") != "ok":
         return -math.inf, "failed", str(result.get("error", ""))
     value = result.get(metric)
@@ -662,6 +664,9 @@ def run_search(
             else:
                 print(f"[evolve] gen {g} cand {i}: {candidate}", flush=True)
                 record = _evaluate(search, g, i, candidate, run_dir, extra, train_seed, train_fn)
+                if record["status"] == "interrupted":  # SIGTERM: resume later, record nothing
+                    print(f"[evolve] gen {g} cand {i}: interrupted; rerun to resume", flush=True)
+                    return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
                 os.makedirs(run_dir, exist_ok=True)
                 with open(result_path, "w") as f:
                     json.dump(record, f, indent=1)

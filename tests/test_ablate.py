@@ -102,3 +102,18 @@ def test_classifier_sweep_reports_top1_and_top5(tmp_path, tiny_cls_data_dir):
     assert "| variant | runs | top1 | top5 | min/run |" in text
     with open(tmp_path / "runs" / "results.csv") as f:
         assert next(csv.reader(f))[:5] == ["variant", "seed", "status", "top1", "top5"]
+
+
+def test_an_interrupted_run_stops_the_sweep_without_a_result(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(SWEEP)
+    calls = []
+
+    def preempted(config, run_dir):
+        calls.append(run_dir)
+        return {"status": "interrupted", "error": "", "wall_s": 1.0}
+
+    monkeypatch.setattr(ablate, "run_one", preempted)
+    ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
+    assert len(calls) == 1  # stopped at the first interrupted run
+    assert not (tmp_path / "runs" / "baseline" / "seed0" / "result.json").exists()

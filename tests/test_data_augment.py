@@ -222,6 +222,12 @@ def test_choose_mix_frequencies() -> None:
     assert "mixup" not in draws
     off = AugmentParams(mosaic_prob=0.0)
     assert {augment.choose_mix(rng, off) for _ in range(50)} == {"none"}
+    # darknet: mosaic=1 switches MixUp off altogether; without Mosaic, MixUp takes its share.
+    both = AugmentParams(mosaic_prob=0.5, cutmix_prob=0.0, mixup_prob=0.5)
+    assert "mixup" not in {augment.choose_mix(rng, both) for _ in range(200)}
+    alone = AugmentParams(mosaic_prob=0.0, cutmix_prob=0.0, mixup_prob=0.5)
+    draws = [augment.choose_mix(rng, alone) for _ in range(2000)]
+    assert abs(draws.count("mixup") / 2000 - 0.5) < 0.05
 
 
 def test_letterbox_keeps_aspect() -> None:

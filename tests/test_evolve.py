@@ -288,3 +288,21 @@ def test_end_to_end_with_real_training(tmp_path, tiny_data_dir):
     assert (workdir / "gen01" / "cand01" / "config.json").exists()
     config = ablate.load_module(str(workdir / "best_config.py")).get_config()
     assert config.optim.max_batches == 2 and config.data.data_dir == tiny_data_dir
+
+
+def test_an_interrupted_candidate_stops_the_search_and_resumes(tmp_path):
+    search, workdir = _write(tmp_path), tmp_path / "run"
+    calls = []
+
+    def preempted(config, run_dir):
+        calls.append(run_dir)
+        return {"status": "interrupted", "error": "", "wall_s": 1.0}
+
+    assert evolve.run_search(search, str(workdir), train_fn=preempted) == []
+    assert len(calls) == 1
+    assert (
+        not (workdir / "candidates.jsonl").exists()
+        or not (workdir / "candidates.jsonl").read_text().strip()
+    )
+    records = evolve.run_search(search, str(workdir), train_fn=fake_train)
+    assert len(records) == 12 and all(r["status"] == "ok" for r in records)

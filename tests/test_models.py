@@ -201,3 +201,12 @@ def test_dropblock_ramp_does_not_recompile():
 def test_switches_a_variant_does_not_take_are_errors(name, switch):
     with pytest.raises(ValueError, match=f"config.model.{next(iter(switch))}"):
         factory.model_layers(_config(name=name, **switch))
+
+
+@pytest.mark.parametrize("name", ["yolov4", "yolov4_tiny", "yolov4_csp"])
+def test_head_options_override_scale_x_y_on_every_head(name):
+    config = base.get_config()
+    config.model.name = name
+    config.model.head_options = {"scale_x_y": 1.0, "ignore_thresh": 0.5}
+    heads = [s for s in factory.model_layers(config.model, 3) if isinstance(s, specs.Yolo)]
+    assert heads and all(h.scale_x_y == 1.0 and h.ignore_thresh == 0.5 for h in heads)

@@ -420,15 +420,15 @@ def mixup(a: Sample, b: Sample) -> Sample:
 def choose_mix(rng: np.random.Generator, p: AugmentParams) -> str:
     """Which multi-image augmentation a sample gets: "mosaic", "cutmix", "mixup" or "none".
 
-    Darknet draws Mosaic per loaded batch with p=.5 and lets Mosaic override MixUp; here each
-    sample draws Mosaic with ``mosaic_prob``, else CutMix with ``cutmix_prob``, else MixUp with
-    ``mixup_prob`` (so Mosaic and CutMix alternate per sample, as darknet's classifier does).
+    Darknet draws Mosaic per loaded batch with p=.5, and ``mosaic=1`` switches MixUp off
+    altogether; here each sample draws Mosaic with ``mosaic_prob``, else CutMix with
+    ``cutmix_prob``, else (only when Mosaic is off, as darknet) MixUp with ``mixup_prob``.
     """
     if p.mosaic_prob > 0 and rng.random() < p.mosaic_prob:
         return "mosaic"
     if p.cutmix_prob > 0 and rng.random() < p.cutmix_prob:
         return "cutmix"
-    if p.mixup_prob > 0 and rng.random() < p.mixup_prob:
+    if p.mixup_prob > 0 and p.mosaic_prob == 0 and rng.random() < p.mixup_prob:
         return "mixup"
     return "none"
 

@@ -139,7 +139,7 @@ def _head(
     if source != b.last:
         b.route(source)
     if attention == "sam":
-        # The paper's modified SAM (section 3.4, Figure 5): point-wise attention from a
+        # The paper's modified SAM (section 3.4; Figure 5): point-wise attention from a
         # logistic conv, multiplied in by darknet's [sam] layer.
         features = b.last
         b.conv(b.channels(features), 1, "logistic", scale=False)
@@ -210,6 +210,8 @@ def yolov4_layers(
     p3 = neck_out()
     options = dict(HEAD_OPTIONS, **(head_options or {}))
     options.setdefault("classes", num_classes)
+    if "scale_x_y" in options:  # one value for every head (e.g. 1.0: grid sensitivity off)
+        scale_x_y = (options.pop("scale_x_y"),) * len(masks)
 
     def yolo(k: int) -> specs.Yolo:
         extra = {"random": 1.0} if k == len(masks) - 1 and "random" not in options else {}
