@@ -100,6 +100,25 @@ def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_precision_step_keeps_float32_weights_and_statistics():
+    """model.dtype=bfloat16: bf16 convolutions, fp32 master weights, BN statistics and loss."""
+    batch = _batch()
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        config, model, tx, schedule, state = _setup(
+            **{"model.dtype": dtype, "optim.subdivisions": 1}
+        )
+        step = train.make_train_step(model, config, tx, schedule)
+        new_state, metrics = step(state, batch)
+        out[dtype] = (new_state, float(metrics["total"]))
+    state16, loss16 = out["bfloat16"]
+    for leaf in jax.tree.leaves((state16.params, state16.batch_stats, state16.opt_state)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+    assert np.isfinite(loss16)
+    assert loss16 == pytest.approx(out["float32"][1], rel=0.05)
+    assert loss16 != out["float32"][1]  # the convolutions did run in bf16
+
+
 def test_tiny_batch_overfits():
     config, model, tx, schedule, state = _setup(
         **{
