@@ -32,12 +32,12 @@ def get_config():
     config.data.cutmix = True
     config.loss.label_smoothing = 0.1
     config.optim.optimizer = "adam"  # converges in a few hundred steps (darknet: SGD)
-    config.optim.learning_rate = 0.002
+    config.optim.learning_rate = 0.003
     config.optim.reference_batch_size = 32
     config.optim.subdivisions = 1
     config.optim.burn_in = 50
     config.optim.burn_in_power = 4.0
-    config.optim.schedule = "poly"
+    config.optim.schedule = "cosine"  # the paper: poly (power 4), too steep for 600 steps
     config.optim.max_batches = 600
     config.optim.weight_decay = 0.0005
     config.train.log_every = 20
