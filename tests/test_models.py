@@ -210,3 +210,14 @@ def test_head_options_override_scale_x_y_on_every_head(name):
     config.model.head_options = {"scale_x_y": 1.0, "ignore_thresh": 0.5}
     heads = [s for s in factory.model_layers(config.model, 3) if isinstance(s, specs.Yolo)]
     assert heads and all(h.scale_x_y == 1.0 and h.ignore_thresh == 0.5 for h in heads)
+
+
+def test_mish_matches_the_textbook_form_and_darknets_threshold():
+    from yolov4_jax.models import layers
+
+    x = jnp.linspace(-40.0, 40.0, 200001)
+    softplus = jnp.where(x > 20.0, x, jnp.log1p(jnp.exp(jnp.minimum(x, 20.0))))
+    np.testing.assert_allclose(layers.mish(x), x * jnp.tanh(softplus), rtol=1e-6, atol=5e-6)
+    grad = jax.vmap(jax.grad(layers.mish))(x)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    np.testing.assert_allclose(grad[x > 21.0], 1.0)  # the identity above the threshold
