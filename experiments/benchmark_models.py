@@ -95,7 +95,7 @@ def darknet_bflops(layers, size: int) -> float:
     return total / 1e9
 
 
-def _xla_flops(compiled) -> float:
+def xla_flops(compiled) -> float:
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older JAX: one dict per program
         cost = cost[0] if cost else {}
@@ -117,7 +117,7 @@ def measure(model: Network, variables, size: int, batch: int, repeats: int) -> d
         times.append(time.perf_counter() - start)
     ms = 1e3 * statistics.median(times)
     return {
-        "gflops": _xla_flops(compiled) / batch / 1e9,
+        "gflops": xla_flops(compiled) / batch / 1e9,
         "compile_s": compile_s,
         "ms": ms,
         "img_s": batch / ms * 1e3,

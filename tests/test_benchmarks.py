@@ -1,0 +1,90 @@
+"""experiments/benchmark_opencv.py at its smallest: the JAX side, the table, and (where OpenCV 4
+is installed in .cache/opencv4; tests never download it) the agreement with OpenCV's DNN."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import benchmark_opencv as bench
+
+TINY = ["--model", "yolov4_tiny", "--sizes", "64", "--batches", "1", "--rounds", "1"]
+TINY += ["--iters", "1"]
+
+
+def test_table_rows_ratio_throughput_and_flops():
+    medians = {
+        ("JAX float32", "forward"): 0.5,
+        ("JAX float32", "detect"): 0.8,
+        ("OpenCV", "forward"): 1.0,
+    }
+    rows = bench.table_rows("yolov4", 416, 2, medians, flops=100e9)
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    # ms, img/s, GFLOP/s, x OpenCV (OpenCV's time over ours; none for detect here)
+    assert cells[0][5:] == ["500.0", "4.00", "200.0", "2.00"]
+    assert cells[1][5:] == ["800.0", "2.50", "125.0", "n/a"]
+    assert cells[2][3:5] == ["OpenCV", "forward"] and cells[2][-1] == "1.00"
+    assert bench.TABLE_HEADER.count("|") == rows[0].count("|") * 2
+
+
+def test_calibrated_weights_give_few_confident_predictions():
+    from yolov4_jax.models import Network, yolov4_tiny_layers
+
+    model = Network(yolov4_tiny_layers())
+    variables = bench.detector_variables(model, bench.scene_images(128, 2, seed=0))
+    images = bench.scene_images(128, 2, seed=1)  # not the calibration scenes
+    outputs = jax.jit(model.apply)(variables, images / np.float32(255))
+    _, scores = bench._decode(model, outputs, 128)
+    confident = (scores.max(-1) > bench.NMS.score_threshold).mean()
+    assert 0.0 < confident < 0.2, confident  # uncalibrated heads: every score ~.25
+
+
+def test_jax_side_runs_without_opencv(tmp_path, capsys):
+    out = tmp_path / "report.md"
+    missing = tmp_path / "no_opencv"
+    assert bench.main(TINY + ["--opencv_dir", str(missing), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert report == capsys.readouterr().out
+    assert f"OpenCV 4 is not installed in {missing}" in report
+    assert "Agreement" not in report
+    rows = [r for r in report.splitlines() if r.startswith("| yolov4_tiny |")]
+    measured = {tuple(c.strip() for c in r.split("|")[4:6]) for r in rows}
+    assert measured == {
+        ("JAX float32", "forward"),
+        ("JAX float32", "detect"),
+        ("JAX bfloat16", "forward"),
+        ("JAX bfloat16", "detect"),
+    }
+    assert all(r.endswith("| n/a |") for r in rows)
+    assert re.search(r"bf16 vs fp32, 64x64, batch 1: raw head outputs max \|diff\| \S+", report)
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(bench.OPENCV_DIR, "cv2")),
+    reason=f"OpenCV 4 not in .cache/opencv4 (tests do not download it): {bench.OPENCV_INSTALL}",
+)
+def test_opencv_agrees_and_is_timed(capsys):
+    bench.main(TINY + ["--dtypes", "float32"])
+    report = capsys.readouterr().out
+    agreement = re.search(r"Agreement, 64x64, batch 1: .* \((\S+) of their largest", report)
+    assert agreement and float(agreement.group(1)) < 1e-3
+    rows = [r for r in report.splitlines() if r.startswith("| yolov4_tiny |")]
+    assert sum("| OpenCV |" in r for r in rows) == 2
+    assert all(r.endswith("| 1.00 |") for r in rows if "| OpenCV |" in r)
+
+
+def test_benchmark_images_reads_files_as_rgb_at_the_input_size(tmp_path):
+    import cv2
+
+    bgr = np.zeros((30, 50, 3), np.uint8)
+    bgr[..., 0] = 255  # blue
+    cv2.imwrite(str(tmp_path / "blue.png"), bgr)
+    images = bench.benchmark_images([str(tmp_path / "blue.png")], 32, 3, seed=0)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert (images[..., 2] == 255).all() and (images[..., :2] == 0).all()
+    scenes = bench.benchmark_images([], 32, 2, seed=0)
+    assert scenes.shape == (2, 32, 32, 3) and scenes.std() > 0
