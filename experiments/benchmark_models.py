@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +54,17 @@ BUILDERS = {
     "yolov4_csp": yolov4_csp_layers,
 }
 
-_VARIANTS = flags.DEFINE_list("variants", list(BUILDERS), f"Variants, from {list(BUILDERS)}.")
-_SIZES = flags.DEFINE_list("sizes", ["416", "608"], "Square input sides (multiples of 32).")
-_BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
-_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per setting (median reported).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_OUT = flags.DEFINE_string("out", None, "Also write the Markdown table to this file.")
+
+def _define_flags() -> SimpleNamespace:
+    # Defined only when run as a program, so importing this module defines no absl flags.
+    return SimpleNamespace(
+        variants=flags.DEFINE_list("variants", list(BUILDERS), f"Variants, from {list(BUILDERS)}."),
+        sizes=flags.DEFINE_list("sizes", ["416", "608"], "Square input sides (multiples of 32)."),
+        batches=flags.DEFINE_list("batches", ["1", "8"], "Batch sizes."),
+        repeats=flags.DEFINE_integer("repeats", 20, "Timed calls per setting (median reported)."),
+        dtype=flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype."),
+        out=flags.DEFINE_string("out", None, "Also write the Markdown table to this file."),
+    )
 
 
 def random_variables(model: Network, size: int, seed: int = 0):
@@ -157,23 +163,24 @@ def benchmark(variants, sizes, batches, repeats: int, dtype) -> str:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    unknown = set(_VARIANTS.value) - set(BUILDERS)
+    unknown = set(_FLAGS.variants.value) - set(BUILDERS)
     if unknown:
         raise app.UsageError(f"--variants: unknown {sorted(unknown)}; choose from {list(BUILDERS)}")
     # Compile time is what a fresh process pays, not a cache hit.
     jax.config.update("jax_enable_compilation_cache", False)
     table = benchmark(
-        _VARIANTS.value,
-        [int(s) for s in _SIZES.value],
-        [int(b) for b in _BATCHES.value],
-        _REPEATS.value,
-        {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[_DTYPE.value],
+        _FLAGS.variants.value,
+        [int(s) for s in _FLAGS.sizes.value],
+        [int(b) for b in _FLAGS.batches.value],
+        _FLAGS.repeats.value,
+        {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[_FLAGS.dtype.value],
     )
     print(table, end="")
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
+    if _FLAGS.out.value:
+        with open(_FLAGS.out.value, "w") as f:
             f.write(table)
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -36,21 +37,6 @@ from ml_collections import config_flags
 from yolov4_jax import darknet, data, evaluation, inference
 from yolov4_jax.darknet import weights as darknet_weights
 from yolov4_jax.models import Network, factory
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (data, model).")
-_CFG = flags.DEFINE_string("cfg", None, "Darknet .cfg (default: config.model).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Darknet .weights (default: config.model.weights).")
-_SPLIT = flags.DEFINE_string("split", "validation", "Dataset split to evaluate.")
-_THRESH = flags.DEFINE_float("thresh", 0.001, "Score threshold (darknet detector valid: .001).")
-_NMS_THRESH = flags.DEFINE_float("nms_thresh", 0.6, "NMS IoU threshold (detector valid: .6).")
-_MAX_DETECTIONS = flags.DEFINE_integer("max_detections", 100, "Detections per image (COCO: 100).")
-_MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "Evaluate only this many batches (0: all).")
-_OUT = flags.DEFINE_string("out", None, "Write the metrics to this JSON file.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A training workdir: evaluate its checkpoint (config: its config.json)."
-)
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which --workdir one.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Print pycocotools' own summary too.")
 
 
 def _random_variables(model: Network, seed: int) -> Any:
@@ -187,6 +173,38 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _define_flags() -> SimpleNamespace:
+    # Defined only when run as a program, so importing this module defines no absl flags.
+    return SimpleNamespace(
+        config=config_flags.DEFINE_config_file("config", None, "Config file (data, model)."),
+        cfg=flags.DEFINE_string("cfg", None, "Darknet .cfg (default: config.model)."),
+        weights=flags.DEFINE_string(
+            "weights", None, "Darknet .weights (default: config.model.weights)."
+        ),
+        split=flags.DEFINE_string("split", "validation", "Dataset split to evaluate."),
+        thresh=flags.DEFINE_float(
+            "thresh", 0.001, "Score threshold (darknet detector valid: .001)."
+        ),
+        nms_thresh=flags.DEFINE_float("nms_thresh", 0.6, "NMS IoU threshold (detector valid: .6)."),
+        max_detections=flags.DEFINE_integer(
+            "max_detections", 100, "Detections per image (COCO: 100)."
+        ),
+        max_batches=flags.DEFINE_integer(
+            "max_batches", 0, "Evaluate only this many batches (0: all)."
+        ),
+        out=flags.DEFINE_string("out", None, "Write the metrics to this JSON file."),
+        workdir=flags.DEFINE_string(
+            "workdir",
+            None,
+            "A training workdir: evaluate its checkpoint (config: its config.json).",
+        ),
+        checkpoint=flags.DEFINE_enum(
+            "checkpoint", "best", ["best", "latest"], "Which --workdir one."
+        ),
+        verbose=flags.DEFINE_bool("verbose", False, "Print pycocotools' own summary too."),
+    )
+
+
 def write_json(metrics: Mapping[str, float], path: str) -> None:
     """Metrics as a JSON object; NaN (undefined) is written as null."""
     clean = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
@@ -197,11 +215,11 @@ def write_json(metrics: Mapping[str, float], path: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+    config = _FLAGS.config.value
     if config is None:
-        if not _WORKDIR.value:
+        if not _FLAGS.workdir.value:
             raise app.UsageError("pass --config, or --workdir of a training run")
-        path = os.path.join(_WORKDIR.value, "config.json")
+        path = os.path.join(_FLAGS.workdir.value, "config.json")
         if not os.path.exists(path):
             raise app.UsageError(f"{path} is missing: is --workdir a training workdir?")
         with open(path) as f:
@@ -214,23 +232,24 @@ def main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.INFO)
     metrics = run(
         config,
-        cfg=_CFG.value,
-        weights=_WEIGHTS.value,
-        split=_SPLIT.value,
-        thresh=_THRESH.value,
-        nms_thresh=_NMS_THRESH.value,
-        max_detections=_MAX_DETECTIONS.value,
-        max_batches=_MAX_BATCHES.value or None,
-        verbose=_VERBOSE.value,
+        cfg=_FLAGS.cfg.value,
+        weights=_FLAGS.weights.value,
+        split=_FLAGS.split.value,
+        thresh=_FLAGS.thresh.value,
+        nms_thresh=_FLAGS.nms_thresh.value,
+        max_detections=_FLAGS.max_detections.value,
+        max_batches=_FLAGS.max_batches.value or None,
+        verbose=_FLAGS.verbose.value,
         progress=True,
-        workdir=_WORKDIR.value,
-        checkpoint=_CHECKPOINT.value,
+        workdir=_FLAGS.workdir.value,
+        checkpoint=_FLAGS.checkpoint.value,
     )
     if jax.process_index() == 0:
-        print(f"{config.data.name} {_SPLIT.value}: " + format_metrics(metrics))
-        if _OUT.value:
-            write_json(metrics, _OUT.value)
+        print(f"{config.data.name} {_FLAGS.split.value}: " + format_metrics(metrics))
+        if _FLAGS.out.value:
+            write_json(metrics, _FLAGS.out.value)
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main)

@@ -13,15 +13,20 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags():
+    # Defined only when run as a program, so importing this module defines no absl flags.
+    config = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    return config, workdir
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+    config_flag, workdir_flag = _FLAGS
+    config = config_flag.value
     if config.train.distributed:
         jax.distributed.initialize()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -37,10 +42,11 @@ def main(argv):
     )
     from yolov4_jax import train
 
-    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    metrics = train.train_and_evaluate(config, workdir_flag.value)
     if metrics and jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/AP/" not in k))
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main)

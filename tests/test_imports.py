@@ -1,0 +1,66 @@
+"""Every module imports alongside every other, and the programs parse their own flags.
+
+absl flags are process-global: two modules that define the same flag at import time cannot be
+imported by one process (pytest's, a notebook's). Programs define theirs only when run.
+"""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _modules() -> list[str]:
+    names = ["yolov4_jax"]
+    for info in pkgutil.walk_packages([os.path.join(ROOT, "yolov4_jax")], "yolov4_jax."):
+        names.append(info.name)
+    for name in sorted(os.listdir(os.path.join(ROOT, "experiments"))):
+        if name.endswith(".py") and name != "__init__.py":
+            names.append("experiments." + name[:-3])
+    return names
+
+
+def _run(code_or_args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, *code_or_args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def test_all_modules_import_together_and_define_no_flags():
+    modules = _modules()
+    assert "yolov4_jax.evaluate" in modules and "experiments.benchmark_models" in modules
+    code = (
+        "import importlib, sys\n"
+        "from absl import flags\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "ours = [m for m in flags.FLAGS.flags_by_module_dict()\n"
+        "        if m.startswith(('yolov4_jax', 'experiments', '__main__'))]\n"
+        "print('DEFINED', ours)\n"
+    )
+    result = _run(["-c", code])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DEFINED []" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "program, flag",
+    [
+        (["-m", "yolov4_jax.main"], "--workdir"),
+        (["-m", "yolov4_jax.evaluate"], "--nms_thresh"),
+        (["experiments/benchmark_models.py"], "--variants"),
+        (["experiments/benchmark_data.py"], "--mosaic_prob"),
+    ],
+)
+def test_programs_define_their_flags_when_run(program, flag):
+    result = _run([*program, "--help"])  # absl prints the usage and exits with 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert flag in output
