@@ -157,3 +157,13 @@ def test_reference_layout_agrees_on_sizes(tmp_path, cfg):
     """The independent reference counts the same number of values for this cfg."""
     path = tmp_path / "ref.weights"
     assert ref.write_random_weights(cfg, path, seed=0, calibration_size=None) == VALUES
+
+
+def test_maxpool_size_defaults_to_stride():
+    # parser.c parse_maxpool: size = option_find_int(options, "size", stride).
+    text = TINY_CFG.replace(
+        "[convolutional]\nfilters=18", "[maxpool]\nstride=2\n\n[convolutional]\nfilters=18"
+    )
+    _, layers = darknet.parse_cfg(text, is_text=True)
+    pool = layers[1]
+    assert (pool.size, pool.stride, pool.padding) == (2, 2, 1)

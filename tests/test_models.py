@@ -89,6 +89,52 @@ def test_variant_shapes(overrides):
         assert fused, "weighted fusion has learned weights"
 
 
+def _count(layers, kind, **fields) -> int:
+    return sum(
+        isinstance(s, kind) and all(getattr(s, k) == v for k, v in fields.items()) for s in layers
+    )
+
+
+def test_each_switch_changes_the_layers_it_names():
+    """Shapes alone would not notice an ignored switch: check the layer specs themselves."""
+
+    def layers(**overrides):
+        return factory.model_layers(_config(**overrides))
+
+    default = layers()
+    convs = [s for s in default if isinstance(s, specs.Conv) and s.batch_normalize]
+    assert {s.activation for s in convs} == {"mish", "leaky"}  # backbone mish, neck leaky
+    for activation in ("leaky", "swish", "relu"):
+        got = {s.activation for s in layers(activation=activation) if isinstance(s, specs.Conv)}
+        assert "mish" not in got and activation in got
+    # SPP: max-pools 5, 9, 13 at stride 1 (darknet padding size - 1), only with spp on.
+    pools = [(s.size, s.stride, s.padding) for s in default if isinstance(s, specs.MaxPool)]
+    assert pools == [(5, 1, 4), (9, 1, 8), (13, 1, 12)]
+    assert _count(layers(spp=False), specs.MaxPool) == 0
+    # PAN adds a bottom-up path: two stride-2 convs after the backbone's five.
+    assert _count(default, specs.Conv, stride=2) == 7
+    assert _count(layers(neck="fpn"), specs.Conv, stride=2) == 5
+    # Attention: none by default; SAM is darknet's [sam]; CBAM its spatial attention.
+    assert _count(default, specs.Sam) == _count(default, specs.SpatialAttention) == 0
+    assert _count(layers(attention="sam"), specs.Sam) > 0
+    assert _count(layers(attention="cbam"), specs.SpatialAttention) > 0
+    # Fusion of neck inputs: four concatenations become (weighted) additions.
+    assert _count(default, specs.Shortcut, weights_type="per_feature") == 0
+    assert _count(layers(fusion="add"), specs.Shortcut) == _count(default, specs.Shortcut) + 4
+    weighted = layers(fusion="weighted")
+    assert _count(weighted, specs.Shortcut, weights_type="per_feature") == 4
+    assert _count(layers(fusion="add"), specs.Route) == _count(default, specs.Route) - 4
+    assert _count(default, specs.DropBlock) == 0
+    assert _count(layers(dropblock=0.1, dropblock_size=5), specs.DropBlock, block_size=5) > 0
+
+    # Width scales the filters; depth the number of residual blocks.
+    def filters(layer_list):
+        return [s.filters for s in layer_list if isinstance(s, specs.Conv) and s.batch_normalize]
+
+    assert filters(layers(width=0.5)) == [2 * f for f in filters(layers(width=0.25))]
+    assert _count(layers(depth=1.0), specs.Shortcut) > _count(default, specs.Shortcut)
+
+
 def test_strides_and_heads_of_full_variants():
     for name, heads, strides in [
         ("yolov4", 3, [8, 16, 32]),

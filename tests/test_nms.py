@@ -199,3 +199,21 @@ def test_matches_reference_loop(kind: str) -> None:
     expected = _reference_nms(boxes.astype(np.float64), scores, 0.45, kind)
     assert len(expected) < int((scores > 0.25).sum())  # some suppression happened
     assert got == expected
+
+
+def test_nms_options_follow_the_last_yolo_layer_as_darknet():
+    import dataclasses
+
+    from yolov4_jax.inference import nms_options_for
+    from yolov4_jax.models import specs
+
+    head = specs.Yolo(mask=(0,), anchors=((10.0, 10.0),))
+    diou = dataclasses.replace(head, nms_kind="diounms", beta_nms=0.8)
+    greedy_diou = dataclasses.replace(head, nms_kind="greedynms", beta_nms=0.9)
+    options = nms_options_for([head, diou])
+    assert (options.kind, options.beta) == ("diou", 0.8)
+    assert nms_options_for([diou, head]).kind == "greedy"  # only the last layer counts
+    # greedynms: DIoU with beta fixed at .6, whatever beta_nms says.
+    options = nms_options_for([greedy_diou])
+    assert (options.kind, options.beta) == ("diou", 0.6)
+    assert nms_options_for([head], iou_threshold=0.3).iou_threshold == 0.3

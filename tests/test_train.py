@@ -100,6 +100,33 @@ def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("unroll", [False, True])
+def test_cmbn_train_step_accumulates_over_two_micro_batches(unroll):
+    """subdivisions=2 through the real step (scan or unrolled). Micro-batch 1 normalises with
+    its own statistics, micro-batch 2 with those of micro-batches 1 and 2 together; so with two
+    identical micro-batches CmBN's forward pass (loss, BN statistics) is plain BN's, and with
+    different ones it is not."""
+    base = _batch(seed=0)
+    same = {k: jnp.repeat(v[::2], 2, axis=0) for k, v in base.items()}  # row 2i == row 2i+1
+    losses, stats = {}, {}
+    for bn in ("bn", "cmbn"):
+        overrides = {"train.bn": bn, "optim.subdivisions": 2, "train.unroll_subdivisions": unroll}
+        config, model, tx, schedule, state = _setup(**overrides)
+        step = train.make_train_step(model, config, tx, schedule)
+        for name, batch in (("same", same), ("different", base)):
+            new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)  # step donates
+            losses[bn, name] = float(metrics["total"])
+            stats[bn, name] = new_state.batch_stats
+        _, metrics = step(new_state, base)  # the per-update accumulators start from zero again
+        assert np.isfinite(float(metrics["total"]))
+    assert losses["cmbn", "same"] == pytest.approx(losses["bn", "same"], rel=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(stats["cmbn", "same"]), jax.tree.leaves(stats["bn", "same"]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert losses["cmbn", "different"] != pytest.approx(losses["bn", "different"], rel=1e-4)
+
+
 def test_mixed_precision_step_keeps_float32_weights_and_statistics():
     """model.dtype=bfloat16: bf16 convolutions, fp32 master weights, BN statistics and loss."""
     batch = _batch()

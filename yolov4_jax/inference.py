@@ -30,11 +30,16 @@ class NmsOptions:
 
 
 def nms_options_for(heads: Sequence[specs.Yolo], **overrides) -> NmsOptions:
-    """NmsOptions with the cfg's nms_kind and beta_nms (darknet's `greedynms` is DIoU-NMS
-    since AlexeyAB/darknet c7e3e2e, see `yolov4_jax.nms`)."""
-    head = heads[0]
-    kind = "diou" if head.nms_kind in ("greedynms", "diounms") else "greedy"
-    options = NmsOptions(kind=kind, beta=head.beta_nms)
+    """NmsOptions with the cfg's nms_kind and beta_nms, as darknet reads them: only the last
+    [yolo] layer's nms_kind counts; `diounms` uses its beta_nms, and `greedynms` is DIoU-NMS
+    with beta fixed at 0.6 (since AlexeyAB/darknet c7e3e2e, see `yolov4_jax.nms`)."""
+    head = heads[-1]
+    if head.nms_kind == "diounms":
+        options = NmsOptions(kind="diou", beta=head.beta_nms)
+    elif head.nms_kind == "greedynms":
+        options = NmsOptions(kind="diou", beta=0.6)
+    else:
+        options = NmsOptions(kind="greedy")
     return dataclasses.replace(options, **overrides)
 
 

@@ -126,8 +126,9 @@ def _parse_layer(section: _Section, i: int, source: str) -> specs.Spec:
         )
     if kind in ("maxpool", "max"):
         o = _Options(section, i, source, {"size", "stride", "padding"})
-        size = o.get("size", 1, int)
-        return specs.MaxPool(size, o.get("stride", 1, int), o.get("padding", size - 1, int))
+        stride = o.get("stride", 1, int)
+        size = o.get("size", stride, int)  # darknet: size defaults to stride
+        return specs.MaxPool(size, stride, o.get("padding", size - 1, int))
     if kind == "upsample":
         o = _Options(section, i, source, {"stride"})
         return specs.Upsample(o.get("stride", 2, int))
