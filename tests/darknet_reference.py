@@ -296,11 +296,12 @@ def write_random_weights(
     seen: int = 0,
     gain: float = 0.9,
     calibration_size: int | None = 128,
+    bn_scale: tuple[float, float] = (0.5, 1.0),
 ) -> int:
     """Writes a darknet `.weights` file with random parameters for `cfg_path`.
 
-    Conv weights are N(0, gain**2 / fan_in), BN scales U(0.5, 1), BN biases and plain conv
-    biases N(0, 0.1**2).
+    Conv weights are N(0, gain**2 / fan_in), BN scales U(*bn_scale) (default U(0.5, 1)), BN
+    biases and plain conv biases N(0, 0.1**2).
 
     Fixed BN statistics cannot keep a deep network alive: with rolling_mean ~ N(0, 0.1**2)
     and rolling_variance ~ U(0.5, 1.5) every conv+BN+activation shrinks the image-dependent
@@ -341,7 +342,7 @@ def write_random_weights(
             tensors["weights"] = rng.normal(0.0, gain / np.sqrt(group_c * k * k), shapes["weights"])
             tensors["biases"] = rng.normal(0.0, 0.1, n)
             if layer.params["batch_normalize"]:
-                tensors["scales"] = rng.uniform(0.5, 1.0, n)
+                tensors["scales"] = rng.uniform(*bn_scale, n)
                 mean_noise = rng.normal(0.0, 0.1, n)
                 var_factor = rng.uniform(0.5, 1.5, n)
                 if x is None:

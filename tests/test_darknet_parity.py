@@ -28,12 +28,15 @@ BUILDERS = {
 REFERENCE_DIR = ref.locate_reference_dir()
 # Relative error bounds (max |ours - reference| / max |reference|). In float64 the only
 # difference left is the final cast of the outputs to float32, so any semantic slip shows
-# (measured: 3e-8). In float32, yolov4-tiny and yolov4 stay within the issue's 1e-4.
-# yolov4-csp does not with random weights: its 175 layers amplify rounding ~1000x (rounding
-# each layer's output of the float64 reference to float32, and nothing else, already moves
-# the heads by 6e-5), and float32 convolutions give 1e-4 to 1e-3 depending on seed and
-# size, so its float32 bound is 2e-3 and its exactness rests on the float64 test.
-TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float32-csp": 2e-3}
+# (measured: 3e-8). In float32 all three networks stay within the issue's 1e-4.
+TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
+# Random weights per network (`darknet_reference.write_random_weights`). yolov4-csp, Mish in
+# all of its 175 layers and residual blocks in the neck too, is chaotic with the default draw:
+# it amplifies float32 rounding ~1000x (rounding each layer's float64 output to float32, and
+# nothing else, moves its heads by 6e-5), which a trained network does not. Smaller BN scales
+# and statistics calibrated at the tested size keep it image-dependent (the two test images'
+# outputs differ by half the outputs' magnitude) but tame: float32 error 3e-6 to 2e-5.
+WEIGHTS = {"yolov4-csp": {"bn_scale": (0.2, 0.4), "calibration_size": 320}}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,8 @@ def weights(cfgs, tmp_path_factory) -> dict[str, pathlib.Path]:
     out = {}
     for seed, name in enumerate(BUILDERS):
         out[name] = folder / f"{name}.weights"
-        ref.write_random_weights(cfgs[name], out[name], seed=seed, seen=123456789)
+        options = WEIGHTS.get(name, {})
+        ref.write_random_weights(cfgs[name], out[name], seed=seed, seen=123456789, **options)
     return out
 
 
@@ -104,7 +108,7 @@ def test_yolov4_parity(cfgs, weights, size):
 
 @pytest.mark.parametrize("size", [320, 416])
 def test_csp_parity(cfgs, weights, size):
-    _check_parity(cfgs["yolov4-csp"], weights["yolov4-csp"], size, TOLERANCE["float32-csp"])
+    _check_parity(cfgs["yolov4-csp"], weights["yolov4-csp"], size, TOLERANCE["float32"])
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
