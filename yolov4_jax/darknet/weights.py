@@ -107,7 +107,8 @@ def read_weights(
         if pos + need > values.size:
             raise WeightsError(
                 f"{path}: truncated at layer {i} [{type(s).__name__}]: expected {need} values, "
-                f"found {values.size - pos} (file has {values.size} values after the header)"
+                f"found {values.size - pos} (file has {values.size} values after the header; "
+                "were the weights saved for another cfg?)"
             )
         for (collection, *keys), shape in entries:
             n = int(np.prod(shape))
@@ -121,8 +122,9 @@ def read_weights(
     if pos != values.size:
         raise WeightsError(
             f"{path}: {values.size - pos} float32 values left over after the last layer with "
-            f"weights (layer {last}); the cfg expects {pos} values"
+            f"weights (layer {last}): the cfg expects {pos} values"
             + ("" if num_layers is None else f" in its first {num_layers} layers")
+            + f", the file has {values.size}; were the weights saved for another cfg?"
         )
     return tree, header
 
