@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -125,6 +126,46 @@ def test_cmbn_train_step_accumulates_over_two_micro_batches(unroll):
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert losses["cmbn", "different"] != pytest.approx(losses["bn", "different"], rel=1e-4)
+
+
+def test_accumulating_two_equal_micro_batches_equals_one_step_on_one():
+    """Gradient accumulation: with subdivisions=2 and two identical micro-batches (so BN sees
+    the same statistics), the update is the one of a single micro-batch, at the same lr."""
+    half = _batch(batch=4)
+    doubled = {k: jnp.repeat(v, 2, axis=0) for k, v in half.items()}  # micro-batches == half
+    params = {}
+    for subdivisions, batch in ((1, half), (2, doubled)):
+        config, model, _, _, state = _setup(**{"optim.subdivisions": subdivisions})
+        tx, schedule = optim.make_optimizer(
+            config.optim, global_batch_size=8, total_steps=config.optim.max_batches
+        )
+        state = state.replace(opt_state=tx.init(state.params))
+        step = train.make_train_step(model, config, tx, schedule)
+        for _ in range(2):  # twice, so momentum carries the accumulated gradient too
+            state, metrics = step(state, batch)
+        params[subdivisions] = state.params
+    moved = 0.0
+    for a, b, c in zip(
+        *(jax.tree.leaves(params[k]) for k in (1, 2)),
+        jax.tree.leaves(_setup()[4].params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(c)).max()))
+    assert moved > 1e-4  # the steps did change the weights
+
+
+def test_ema_follows_the_weights_and_is_what_evaluation_uses():
+    config, model, tx, schedule, state = _setup(**{"optim.ema": True, "optim.ema_warmup_steps": 0})
+    config.optim.ema_decay = 0.5
+    step = train.make_train_step(model, config, tx, schedule)
+    before = jax.tree.map(np.asarray, state.params)
+    state, _ = step(state, _batch())
+    after = jax.tree.map(np.asarray, state.params)
+    ema = jax.tree.map(np.asarray, state.ema_params)
+    for p0, p1, e in zip(*(jax.tree.leaves(t) for t in (before, after, ema)), strict=True):
+        np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, rtol=1e-5, atol=1e-7)
+    assert train.eval_variables(state)["params"] is state.ema_params
 
 
 def test_mixed_precision_step_keeps_float32_weights_and_statistics():
@@ -270,12 +311,15 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_di
 
 
 def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):
-    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
-        _run(
-            tmp_path / "nan",
-            tiny_data_dir,
-            **{"optim.learning_rate": 1e30, "optim.burn_in": 0, "optim.max_batches": 8},
-        )
+    """Checked every step (not only at logging steps), and never checkpointed."""
+    overrides = {"optim.learning_rate": 1e30, "optim.burn_in": 0, "optim.max_batches": 8}
+    overrides.update({"train.log_every": 100, "train.checkpoint_every": 1})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+") as e:
+        _run(tmp_path / "nan", tiny_data_dir, **overrides)
+    bad = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    saved = sorted(int(p) for p in os.listdir(tmp_path / "nan" / "checkpoints") if p.isdigit())
+    assert bad < 8 and saved == list(range(1, bad)), (bad, saved)
+    assert f"last good checkpoint is step {bad - 1}" in str(e.value)
 
 
 def test_one_device_and_eight_devices_give_the_same_update():

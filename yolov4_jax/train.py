@@ -503,6 +503,10 @@ def train_and_evaluate(
                 state, metrics = train_step(state, global_batch(local, mesh))
                 step += 1
                 pending.append((step, metrics))
+                if len(pending) > 1:
+                    # The previous step has finished by now: checking it does not stall the
+                    # device, and a non-finite update stops the run one step later at most.
+                    _check_finite(pending[-2:-1], ckpt)
                 at_end = step == total_steps
                 if step % tc.log_every == 0 or at_end or preemption.requested:
                     now = time.time()
@@ -514,6 +518,9 @@ def train_and_evaluate(
                     progress.set_postfix(_postfix(summary, task.progress_keys), refresh=False)
                     pending, last_time, last_step, images_seen = [], now, step, 0
                 do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
+                saving = do_eval or step % tc.checkpoint_every == 0 or preemption.requested
+                if saving or stop_at_step is not None and step >= stop_at_step:
+                    _check_finite(pending[-1:], ckpt)  # never save after a skipped update
                 if do_eval:
                     eval_metrics = evaluator(state)
                     writer.write(step, eval_metrics)
@@ -543,11 +550,12 @@ def _progress_bar(enabled: bool, start: int, total: int):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def _summarise(pending, ckpt) -> dict[str, float]:
-    """Host means of the pending steps' metrics; stops the run at the first non-finite one."""
-    fetched = jax.device_get([m for _, m in pending])
-    for (step, _), m in zip(pending, fetched, strict=True):
-        if not bool(m["finite"]):
+def _check_finite(pending, ckpt) -> None:
+    """Stops the run at the first of the `pending` (step, metrics) whose update was not finite."""
+    flags = jax.device_get([m["finite"] for _, m in pending])
+    for (step, metrics), finite in zip(pending, flags, strict=True):
+        if not bool(finite):
+            m = jax.device_get(metrics)
             terms = " ".join(
                 f"{k}={float(v):.4g}"
                 for k, v in m.items()
@@ -560,6 +568,12 @@ def _summarise(pending, ckpt) -> dict[str, float]:
                 "config.optim.learning_rate, raise config.optim.burn_in or set "
                 "config.optim.grad_clip_norm."
             )
+
+
+def _summarise(pending, ckpt) -> dict[str, float]:
+    """Host means of the pending steps' metrics; stops the run at the first non-finite one."""
+    _check_finite(pending, ckpt)
+    fetched = jax.device_get([m for _, m in pending])
     keys = [k for k in fetched[0] if k != "finite"]
     return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in keys}
 
