@@ -1,12 +1,18 @@
 """Host input pipeline throughput: images/s of one worker process at 416 and 608.
 
-    python experiments/benchmark_data.py [--data_dir ~/tensorflow_datasets] [--batches 20]
+    python experiments/benchmark_data.py [--data_dir ~/tensorflow_datasets] [--batches 20] \
+        [--mosaic_prob 0,0.5,1.0] [--coco_sized 200]
 
 Runs the training pipeline in-process (``workers=0``, OpenCV limited to one thread), so the
 number is what one grain worker process on one core delivers; multiply by the worker count.
-Each setting uses the full augmentation set (jitter, flip, HSV, CutMix, MixUp) with Mosaic at
-the default fraction (0.5) and on every sample (1.0). The first batches are discarded: they
-warm the page cache and the lazily opened source.
+Every setting switches on jitter, flip, HSV, CutMix and MixUp, with Mosaic on the given
+fraction of samples. As in darknet, Mosaic switches MixUp off, so MixUp runs only at
+mosaic_prob 0, and at 1.0 every sample is a Mosaic (no CutMix). The first batches are
+discarded: they warm the page cache and the lazily opened source.
+
+``--coco_sized N`` measures on COCO-sized JPEGs instead of the embedded dataset's smaller
+images: N scenes of the embedded renderer at 640x480, written as JPEG and converted once with
+``yolov4_jax.data.prepare`` (COCO format) into ``--data_dir`` as ``bench_coco_sized``.
 """
 
 from __future__ import annotations
@@ -33,14 +39,69 @@ def _define_flags() -> SimpleNamespace:
         batch_size=flags.DEFINE_integer("batch_size", 8, "Images per batch."),
         sizes=flags.DEFINE_list("sizes", ["416", "608"], "Canvas sides."),
         mosaic=flags.DEFINE_list("mosaic_prob", ["0.5", "1.0"], "Mosaic fractions to measure."),
+        coco_sized=flags.DEFINE_integer(
+            "coco_sized", 0, "Measure on N 640x480 JPEG scenes (built once) instead of --name."
+        ),
     )
 
 
-def throughput(size: int, mosaic_prob: float) -> float:
+COCO_SIZED = "bench_coco_sized"
+
+
+def build_coco_sized(data_dir: str, count: int) -> None:
+    """`count` 640x480 JPEG scenes as tfds ``bench_coco_sized`` in `data_dir` (once)."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from yolov4_jax.data import prepare, synthetic
+
+    if os.path.isdir(os.path.join(os.path.expanduser(data_dir), COCO_SIZED)):
+        return
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        images, annotations = [], []
+        for i in range(count):
+            scene, boxes, labels = synthetic.render_image(rng, 480, 480, 8)
+            scale = np.array([640, 480, 640, 480]) / np.array([scene.shape[1], scene.shape[0]] * 2)
+            scene = cv2.resize(scene, (640, 480), interpolation=cv2.INTER_LINEAR)
+            name = f"{i:05d}.jpg"
+            cv2.imwrite(
+                os.path.join(folder, name), scene[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
+            images.append({"id": i + 1, "file_name": name, "height": 480, "width": 640})
+            for box, label in zip(boxes * scale, labels, strict=True):
+                x0, y0, x1, y1 = (round(float(v), 2) for v in box)
+                bbox = [x0, y0, x1 - x0, y1 - y0]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(label),
+                        "bbox": bbox,
+                        "iscrowd": 0,
+                    }
+                )
+        categories = [{"id": k, "name": n} for k, n in enumerate(synthetic.CLASS_NAMES)]
+        path = os.path.join(folder, "instances.json")
+        with open(path, "w") as f:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        prepare.prepare(
+            format="coco",
+            images=folder,
+            annotations=path,
+            val_fraction=0.1,
+            name=COCO_SIZED,
+            data_dir=os.path.expanduser(data_dir),
+        )
+
+
+def throughput(name: str, size: int, mosaic_prob: float) -> float:
     """Images per second of the training pipeline in this process."""
     config = base.get_config()
     d = config.data
-    d.name, d.data_dir = _FLAGS.name.value, _FLAGS.data_dir.value
+    d.name, d.data_dir = name, _FLAGS.data_dir.value
     d.image_size, d.batch_size, d.workers = size, _FLAGS.batch_size.value, 0
     d.random_shapes = False
     d.mosaic, d.mosaic_prob = True, mosaic_prob
@@ -56,22 +117,22 @@ def throughput(size: int, mosaic_prob: float) -> float:
 
 def main(argv) -> None:
     del argv
+    name = _FLAGS.name.value
+    if _FLAGS.coco_sized.value:
+        build_coco_sized(_FLAGS.data_dir.value, _FLAGS.coco_sized.value)
+        name = COCO_SIZED
     cv2.setNumThreads(1)  # as in a worker process: one core each
-    info = data.dataset_info(_config_for_info())
+    config = base.get_config()
+    config.data.name, config.data.data_dir = name, _FLAGS.data_dir.value
+    info = data.dataset_info(config)
     print(
         f"dataset {info.name} {info.split_sizes}; batch {_FLAGS.batch_size.value}, "
         f"{_FLAGS.batches.value} batches per setting, one process, one thread"
     )
     for size in (int(s) for s in _FLAGS.sizes.value):
         for prob in (float(p) for p in _FLAGS.mosaic.value):
-            rate = throughput(size, prob)
+            rate = throughput(name, size, prob)
             print(f"canvas {size}  mosaic_prob {prob:.1f}  {rate:7.1f} images/s per process")
-
-
-def _config_for_info():
-    config = base.get_config()
-    config.data.name, config.data.data_dir = _FLAGS.name.value, _FLAGS.data_dir.value
-    return config
 
 
 if __name__ == "__main__":

@@ -259,6 +259,15 @@ def _break_coco(kind: str, images: str, annotations: str) -> tuple[str, str]:
         ann["category_id"] = 42
     elif kind == formats.MALFORMED:
         ann["bbox"] = [1, 2, 3]
+    elif kind == "bbox_not_numbers":
+        ann["bbox"] = ["x", 1, 2, 3]
+    elif kind == "annotation_not_an_object":
+        coco["annotations"].append("oops")
+        img_path, record = annotations, f"annotations[{len(coco['annotations']) - 1}]"
+    elif kind == "truncated_png":
+        data = open(img_path, "rb").read()
+        open(img_path, "wb").write(data[: len(data) * 2 // 3])
+        record = "image id 1"
     elif kind == formats.UNKNOWN_IMAGE:
         ann["image_id"] = 12345
         img_path = annotations
@@ -279,6 +288,9 @@ def _break_coco(kind: str, images: str, annotations: str) -> tuple[str, str]:
         formats.UNKNOWN_CATEGORY,
         formats.MALFORMED,
         formats.UNKNOWN_IMAGE,
+        "bbox_not_numbers",
+        "annotation_not_an_object",
+        "truncated_png",
     ],
 )
 def test_coco_bad_input_fails_or_skips(tmp_path, coco_folder, kind: str) -> None:
@@ -299,11 +311,59 @@ def test_coco_bad_input_fails_or_skips(tmp_path, coco_folder, kind: str) -> None
         data_dir=data_dir,
         skip_bad=True,
     )
-    expected_kind = formats.NON_POSITIVE_SIZE if kind == "negative_size" else kind
+    expected_kind = {
+        "negative_size": formats.NON_POSITIVE_SIZE,
+        "bbox_not_numbers": formats.MALFORMED,
+        "annotation_not_an_object": formats.MALFORMED,
+        "truncated_png": formats.UNREADABLE_IMAGE,
+    }.get(kind, kind)
     assert report.counts() == {expected_kind: 1}
     # A bad image is skipped whole; an annotation of an unknown image is dropped alone.
-    assert report.split_sizes["train"] == (5 if kind == formats.UNKNOWN_IMAGE else 4)
-    assert report.skipped_images == (0 if kind == formats.UNKNOWN_IMAGE else 1)
+    alone = kind in (formats.UNKNOWN_IMAGE, "annotation_not_an_object")
+    assert report.split_sizes["train"] == (5 if alone else 4)
+    assert report.skipped_images == (0 if alone else 1)
+
+
+def test_truncated_jpeg_is_caught_though_opencv_decodes_it(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), np.uint8)
+    ok, encoded = cv2.imencode(".jpg", image)
+    data = encoded.tobytes()
+    cut = data[: len(data) // 2]
+    assert cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR) is not None  # grey rows
+    assert formats.truncation(data) is None
+    assert "truncated JPEG" in formats.truncation(cut)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(cut)
+    example = formats.Example(str(path), 1, "cut.jpg", np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+    (problem,) = formats.check_images([example])
+    assert problem.kind == formats.UNREADABLE_IMAGE and "truncated JPEG" in str(problem)
+    assert str(path) in str(problem) and example.bad
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (
+            lambda c: c["images"].append(dict(c["images"][0], file_name="x.png")),
+            "repeats image id 1",
+        ),
+        (lambda c: c["categories"].append({"id": 3, "name": "again"}), r"category ids \[3\]"),
+        (lambda c: c["categories"].append({"name": "no id"}), r"categories\[3\] needs"),
+    ],
+)
+def test_ambiguous_coco_ids_are_errors(tmp_path, coco_folder, change, pattern) -> None:
+    images, annotations, _ = coco_folder
+    with open(annotations) as f:
+        coco = json.load(f)
+    change(coco)
+    with open(annotations, "w") as f:
+        json.dump(coco, f)
+    with pytest.raises(formats.DataError, match=pattern) as err:
+        prepare.prepare(
+            format="coco", images=images, annotations=annotations, name="x", data_dir=str(tmp_path)
+        )
+    assert annotations in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -256,6 +256,27 @@ def test_sat_runs_inside_the_step_after_burn_in():
     assert bool(metrics["finite"])
 
 
+def test_sat_stage_two_trains_on_the_adversarial_images():
+    """The update with SAT is the plain update when the adversarial step is zero, and another
+    one when it is not: stage 2 does train on the moved images."""
+    losses_by = {}
+    for name, overrides in {
+        "off": {"train.sat": False},
+        "zero_step": {"train.sat": True, "train.sat_lr": 0.0},
+        "on": {"train.sat": True, "train.sat_lr": 0.5},
+    }.items():
+        config, model, tx, schedule, state = _setup(
+            **{"train.sat_prob": 1.0, "optim.burn_in": 0, **overrides}
+        )
+        state = state.replace(step=jnp.asarray(config.optim.max_batches // 2, state.step.dtype))
+        step = train.make_train_step(model, config, tx, schedule)
+        new_state, metrics = step(state, _batch())
+        losses_by[name] = (float(metrics["total"]), jax.tree.leaves(new_state.params)[0])
+    assert losses_by["zero_step"][0] == pytest.approx(losses_by["off"][0], rel=1e-6)
+    np.testing.assert_allclose(losses_by["zero_step"][1], losses_by["off"][1], rtol=1e-6)
+    assert losses_by["on"][0] != pytest.approx(losses_by["off"][0], rel=1e-4)
+
+
 def test_non_finite_update_is_skipped():
     config, model, tx, schedule, state = _setup(**{"optim.learning_rate": 1e30, "optim.burn_in": 0})
     step = train.make_train_step(model, config, tx, schedule)

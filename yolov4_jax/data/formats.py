@@ -100,6 +100,13 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise DataError(f"{annotations}: missing the {key!r} list of a COCO instances file")
+    for i, c in enumerate(coco["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
+            raise DataError(f"{annotations}: categories[{i}] needs an integer 'id', got {c!r}")
+    ids = [c["id"] for c in coco["categories"]]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(f"{annotations}: category ids {repeated} are listed more than once")
     categories = sorted(coco["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     names = [str(c.get("name", c["id"])) for c in categories]
@@ -114,6 +121,11 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
         except (KeyError, TypeError, ValueError) as e:
             problems.append(Problem(MALFORMED, annotations, f"images[{i}]", f"bad entry: {e}"))
             continue
+        if image_id in examples:
+            raise DataError(
+                f"{annotations}: images[{i}] repeats image id {image_id} (also "
+                f"{examples[image_id].filename!r}); annotations could not be told apart"
+            )
         examples[image_id] = Example(
             os.path.join(images_dir, file_name),
             image_id,
@@ -124,7 +136,10 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
             size,
         )
         boxes[image_id] = []
-    for ann in coco["annotations"]:
+    for i, ann in enumerate(coco["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(Problem(MALFORMED, annotations, f"annotations[{i}]", f"{ann!r}"))
+            continue
         record = f"annotation id {ann.get('id', '?')}"
         image_id = ann.get("image_id")
         if image_id not in examples:
@@ -141,9 +156,13 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
             )
             continue
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4):
+        numbers = isinstance(bbox, list) and len(bbox) == 4
+        numbers = numbers and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
+        )
+        if not numbers:
             ex.bad = True
-            problems.append(Problem(MALFORMED, ex.path, where, f"bbox {bbox!r}"))
+            problems.append(Problem(MALFORMED, ex.path, where, f"bbox {bbox!r}: need 4 numbers"))
             continue
         x, y, w, h = (float(v) for v in bbox)
         height, width = ex.size
@@ -326,8 +345,22 @@ def read_folder(
     return list(class_names), examples, problems
 
 
+def truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG file is cut short, or None. OpenCV decodes a truncated JPEG without
+    an error (the missing rows come out grey), so the end of the file is checked: a JPEG's
+    last scan (SOS marker FF DA) must be followed by its end-of-image marker (FF D9, which
+    cannot occur inside entropy-coded data); a PNG must have its IEND chunk."""
+    if data[:3] == b"\xff\xd8\xff":
+        scan = data.rfind(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            return "truncated JPEG: no end-of-image marker after the last scan"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND") < 0:
+        return "truncated PNG: no IEND chunk"
+    return None
+
+
 def check_images(examples: Iterable[Example]) -> list[Problem]:
-    """Decodes every image: missing, unreadable and wrong-size files are problems."""
+    """Decodes every image: missing, unreadable, truncated and wrong-size files are problems."""
     problems = []
     for ex in examples:
         if not os.path.isfile(ex.path):
@@ -336,11 +369,12 @@ def check_images(examples: Iterable[Example]) -> list[Problem]:
             )
             ex.bad = True
             continue
-        image = cv2.imread(ex.path, cv2.IMREAD_COLOR)
-        if image is None:
-            problems.append(
-                Problem(UNREADABLE_IMAGE, ex.path, f"image id {ex.image_id}", "cannot decode")
-            )
+        with open(ex.path, "rb") as f:
+            data = f.read()
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        broken = "cannot decode" if image is None else truncation(data)
+        if broken:
+            problems.append(Problem(UNREADABLE_IMAGE, ex.path, f"image id {ex.image_id}", broken))
             ex.bad = True
             continue
         if ex.size is not None and tuple(image.shape[:2]) != tuple(ex.size):
