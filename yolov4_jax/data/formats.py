@@ -346,8 +346,8 @@ def read_folder(
 
 
 def truncation(data: bytes) -> str | None:
-    """Why a JPEG or PNG file is cut short, or None. OpenCV decodes a truncated JPEG without
-    an error (the missing rows come out grey), so the end of the file is checked: a JPEG's
+    """Why a JPEG or PNG file is cut short, or None. `cv2.imread` decodes a truncated JPEG
+    without an error (the missing rows come out grey), so the end of the file is checked: a JPEG's
     last scan (SOS marker FF DA) must be followed by its end-of-image marker (FF D9, which
     cannot occur inside entropy-coded data); a PNG must have its IEND chunk."""
     if data[:3] == b"\xff\xd8\xff":
@@ -371,8 +371,9 @@ def check_images(examples: Iterable[Example]) -> list[Problem]:
             continue
         with open(ex.path, "rb") as f:
             data = f.read()
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-        broken = "cannot decode" if image is None else truncation(data)
+        broken = truncation(data)
+        image = None if broken else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        broken = broken or ("cannot decode" if image is None else None)
         if broken:
             problems.append(Problem(UNREADABLE_IMAGE, ex.path, f"image id {ex.image_id}", broken))
             ex.bad = True
