@@ -503,24 +503,26 @@ def train_and_evaluate(
                 state, metrics = train_step(state, global_batch(local, mesh))
                 step += 1
                 pending.append((step, metrics))
-                if len(pending) > 1:
-                    # The previous step has finished by now: checking it does not stall the
-                    # device, and a non-finite update stops the run one step later at most.
-                    _check_finite(pending[-2:-1], ckpt)
                 at_end = step == total_steps
-                if step % tc.log_every == 0 or at_end or preemption.requested:
+                do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
+                log_now = step % tc.log_every == 0 or at_end or preemption.requested
+                stopping = stop_at_step is not None and step >= stop_at_step
+                saving = do_eval or step % tc.checkpoint_every == 0 or preemption.requested
+                # Every update is checked: this one when the step waits for the device anyway
+                # (logging, saving), so nothing is saved after a skipped update; otherwise the
+                # previous one, finished by now, so the check does not stall the device.
+                _check_finite(
+                    pending[-1:] if log_now or saving or stopping else pending[-2:-1], ckpt
+                )
+                if log_now:
                     now = time.time()
-                    summary = _summarise(pending, ckpt)
+                    summary = _summarise(pending)
                     summary["train/images_per_sec"] = images_seen / max(now - last_time, 1e-9)
                     summary["train/steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
                     writer.write(step, summary)
                     progress.update(step - last_step)
                     progress.set_postfix(_postfix(summary, task.progress_keys), refresh=False)
                     pending, last_time, last_step, images_seen = [], now, step, 0
-                do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
-                saving = do_eval or step % tc.checkpoint_every == 0 or preemption.requested
-                if saving or stop_at_step is not None and step >= stop_at_step:
-                    _check_finite(pending[-1:], ckpt)  # never save after a skipped update
                 if do_eval:
                     eval_metrics = evaluator(state)
                     writer.write(step, eval_metrics)
@@ -532,7 +534,7 @@ def train_and_evaluate(
                 if preemption.requested:
                     logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
                     break
-                if stop_at_step is not None and step >= stop_at_step and not at_end:
+                if stopping and not at_end:
                     ckpt.save(step, state, train_iter)
                     break
     finally:
@@ -570,9 +572,8 @@ def _check_finite(pending, ckpt) -> None:
             )
 
 
-def _summarise(pending, ckpt) -> dict[str, float]:
-    """Host means of the pending steps' metrics; stops the run at the first non-finite one."""
-    _check_finite(pending, ckpt)
+def _summarise(pending) -> dict[str, float]:
+    """Host means of the pending steps' metrics (each already checked by `_check_finite`)."""
     fetched = jax.device_get([m for _, m in pending])
     keys = [k for k in fetched[0] if k != "finite"]
     return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in keys}

@@ -17,6 +17,7 @@ builds the dataset.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -103,8 +104,8 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
     for i, c in enumerate(coco["categories"]):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int):
             raise DataError(f"{annotations}: categories[{i}] needs an integer 'id', got {c!r}")
-    ids = [c["id"] for c in coco["categories"]]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    counts = collections.Counter(c["id"] for c in coco["categories"])
+    repeated = sorted(i for i, n in counts.items() if n > 1)
     if repeated:
         raise DataError(f"{annotations}: category ids {repeated} are listed more than once")
     categories = sorted(coco["categories"], key=lambda c: c["id"])
