@@ -94,9 +94,16 @@ def apply_overrides(config, overrides: Mapping[str, Any], source: str = "sweep")
 
 
 def make_config(base: str, overrides: Mapping[str, Any], seed: int, extra: Mapping[str, Any]):
+    """The base config with the variant's overrides, then ``--set``'s, then the seed.
+
+    A callable override value is called last with the config, so it can follow ``--set``: for
+    example schedule steps at fractions of ``optim.max_batches``.
+    """
     config = load_module(base).get_config()
-    apply_overrides(config, overrides)
+    apply_overrides(config, {k: v for k, v in overrides.items() if not callable(v)})
     apply_overrides(config, extra, "--set")
+    derived = {k: v(config) for k, v in overrides.items() if callable(v)}
+    apply_overrides(config, derived)
     config.seed = seed
     return config
 
@@ -120,6 +127,11 @@ def run_one(config, run_dir: str) -> dict[str, Any]:
         "wall_s": round(time.time() - start, 1),
         **{k.removeprefix("eval/"): v for k, v in metrics.items()},
     }
+
+
+def _describe(value: Any) -> str:
+    """A callable override in the results: its docstring, else its name."""
+    return (getattr(value, "__doc__", None) or getattr(value, "__name__", repr(value))).strip()
 
 
 def _parse_value(text: str) -> Any:
@@ -273,7 +285,8 @@ def run_sweep(
         if result["status"] == "interrupted":
             print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
             break
-        record = {"variant": name, "seed": seed, "overrides": json.dumps(variants[name])}
+        overrides = json.dumps(variants[name], default=_describe)
+        record = {"variant": name, "seed": seed, "overrides": overrides}
         record.update(result)
         with open(os.path.join(run_dir, "result.json"), "w") as f:
             json.dump(record, f, indent=1)

@@ -81,6 +81,17 @@ def test_committed_sweeps_build_their_configs(name):
         factory.model_layers(config.model, num_classes=5)
 
 
+def test_callable_overrides_follow_set():
+    """A callable override sees --set's values: the steps schedule at fractions of the run."""
+    path = os.path.join(ablate.ROOT, "configs", "ablations", "bof_detector.py")
+    base, _, variants = ablate.load_sweep(path)
+    config = ablate.make_config(base, variants["steps_schedule"], 0, {"optim.max_batches": 300})
+    assert (config.optim.schedule, tuple(config.optim.steps)) == ("steps", (240, 270))
+    config = ablate.make_config(base, variants["steps_schedule"], 0, {})
+    assert tuple(config.optim.steps) == (600, 675)  # demo.py's 750 updates
+    assert "max_batches" in json.dumps(variants["steps_schedule"], default=ablate._describe)
+
+
 def test_mean_std():
     assert ablate._mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     mean, std = ablate._mean_std([0.5])

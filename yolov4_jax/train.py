@@ -200,8 +200,13 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: Mesh | None = None,
+    *,
+    max_traces: int | None = None,
 ) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict[str, Array]]]:
     """The jitted ``step(state, batch) -> (state, metrics)``.
+
+    ``max_traces``: if given, tracing the step more often than that (once per input shape is
+    expected) raises (``chex.assert_max_traces``).
 
     ``batch`` holds ``image`` uint8 [B, H, W, 3] and ``boxes``/``labels``/``mask`` (the data
     pipeline's contract); with a mesh, B is sharded over its ``data`` axis. Metrics are device
@@ -336,6 +341,10 @@ def make_train_step(
         metrics.update(lr=schedule(state.step), grad_norm=grad_norm, finite=finite)
         return new_state, metrics
 
+    if max_traces is not None:
+        import chex  # optax's dependency
+
+        step_fn = chex.assert_max_traces(step_fn, n=max_traces)
     if mesh is None:
         return jax.jit(step_fn, donate_argnums=0)
     replicated = NamedSharding(mesh, P())
@@ -354,15 +363,23 @@ def make_train_step(
 class MetricWriter:
     """WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard event files."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, *, start_step: int = 0):
+        """``start_step``: the step the run (re)starts from. Rows of later steps, written by a
+        run that died after its last checkpoint, are dropped from metrics.jsonl, and
+        TensorBoard is told to purge its events from ``start_step + 1`` on, so a resumed run
+        writes each step once."""
         self._enabled = enabled
         self._tb = None
         if enabled:
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            path = os.path.join(workdir, "metrics.jsonl")
+            _truncate_metrics(path, start_step)
+            self._file = open(path, "a")  # noqa: SIM115
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = SummaryWriter(
+                    os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
+                )
             except ImportError:  # pragma: no cover - tensorboardX is a dependency
                 logging.warning("tensorboardX missing: no TensorBoard event files")
 
@@ -382,6 +399,28 @@ class MetricWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _truncate_metrics(path: str, start_step: int) -> None:
+    """Drops the rows of metrics.jsonl after ``start_step`` (atomically)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: it is past the checkpoint
+            logging.warning("%s:%d: unreadable row dropped on resume", path, number)
+            continue
+        if int(row.get("step", 0)) <= start_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        logging.info("%s: %d rows after step %d dropped", path, len(lines) - len(kept), start_step)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 class _Preemption:
@@ -483,7 +522,7 @@ def train_and_evaluate(
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
 
     train_step = make_train_step(model, config, tx, schedule, mesh)
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, start_step=start_step)
 
     def evaluator(state):
         return task.evaluate(eval_variables(state), config, info, mesh)

@@ -10,6 +10,12 @@ BASE = "configs/demo.py"
 SEEDS = (0, 1, 2)
 
 
+def _late_steps(config):
+    """steps at .8 and .9 of optim.max_batches"""
+    n = config.optim.max_batches
+    return (int(0.8 * n), int(0.9 * n))
+
+
 def sweep():
     return {
         "baseline": {},
@@ -19,7 +25,7 @@ def sweep():
         "label_smoothing": {"loss.label_smoothing": 0.1},
         "bn_subdivisions": {"optim.subdivisions": 2},  # BN per mini-batch of 8: CmBN's control
         "cmbn": {"train.bn": "cmbn", "optim.subdivisions": 2},  # CBN row: CmBN over 2 minis
-        "steps_schedule": {"optim.schedule": "steps", "optim.steps": (600, 675)},  # CA off
+        "steps_schedule": {"optim.schedule": "steps", "optim.steps": _late_steps},  # CA off
         "mse": {"loss.box_loss": "mse"},
         "giou": {"loss.box_loss": "giou"},
         "diou": {"loss.box_loss": "diou"},
