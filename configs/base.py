@@ -99,6 +99,11 @@ def _data() -> ml_collections.ConfigDict:
     d.hue = 0.1  # hue shift uniform in +-hue of the colour circle (yolov4.cfg hue=.1)
     d.saturation = 1.5  # saturation scale in [1, s], inverted with p=.5 (saturation=1.5)
     d.exposure = 1.5  # value scale in [1, e], inverted with p=.5 (exposure=1.5)
+    # Classifier training only: darknet's crop (image.c::random_augment_image) replaces jitter.
+    d.min_crop = 0  # shorter side resized to r px, an int in [min_crop, max_crop]; 0: off
+    d.max_crop = 0  # largest r, pixels at image_size (csdarknet53-omega.cfg: 128..448 at 256)
+    d.aspect = 1.0  # width squeezed by darknet's rand_scale(aspect): .75 and 1/.75 alike; 1: off
+    d.angle = 0.0  # rotation uniform in +-angle degrees about the image centre; 0: off
     d.mosaic = True  # Mosaic, paper section 3.3 (yolov4.cfg mosaic=1)
     d.mosaic_prob = 0.5  # fraction of samples that are mosaics (darknet: p=.5 per batch)
     d.mosaic_min_cut = 0.2  # cut point uniform in [min_cut, max_cut] of each side (darknet .2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import math
 import os
 
 import cv2
@@ -140,6 +141,129 @@ def test_choose_mix_alternates_mosaic_and_cutmix() -> None:
     assert set(draws(mosaic_prob=1.0)) == {"mosaic"} and set(draws()) == {"none"}
 
 
+# --- Darknet's classifier crop (image.c::random_augment_image).
+
+
+def smooth_image(h: int, w: int) -> np.ndarray:
+    """Slowly varying colours: bilinear resampling changes them by well under a grey level."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = [128 + 100 * np.sin(xx / 9.0), 128 + 100 * np.cos(yy / 7.0), (xx + yy) % 256]
+    return np.stack(rgb, axis=-1).astype(np.uint8)
+
+
+def test_classifier_crop_without_rotation_or_squeeze_is_a_resize() -> None:
+    # r = the canvas side on a square image: the scaled image fits the canvas exactly (no
+    # shift to draw), so the crop is a plain resize, whatever the seed.
+    image = smooth_image(96, 96)
+    want = cv2.resize(image, (64, 64), interpolation=cv2.INTER_LINEAR)
+    c = cls.CropParams(min_crop=64, max_crop=64, aspect=1.0, angle=0.0)
+    for seed in range(3):
+        out = cls.random_augment_image(np.random.default_rng(seed), image, (64, 64), c)
+        assert np.abs(out.astype(int) - want).max() <= 1
+    # r = the image's shorter side: scale 1; centred, the crop is the middle 64 columns.
+    image = np.random.default_rng(0).integers(0, 256, (64, 100, 3), dtype=np.uint8)
+    c = cls.CropParams(min_crop=64, max_crop=64)
+    args = cls.random_crop_args(np.random.default_rng(0), (64, 100), (64, 64), c)
+    assert (args.rad, args.scale, args.aspect, args.dy) == (0.0, 1.0, 1.0, 0.0)
+    assert abs(args.dx) <= 18  # half of the 36 columns that overhang
+    centred = args._replace(dx=0.0)
+    np.testing.assert_array_equal(cls.rotate_crop_image(image, centred, (64, 64)), image[:, 18:82])
+    # A whole-pixel shift moves the window by that many source pixels.
+    np.testing.assert_array_equal(
+        cls.rotate_crop_image(image, args._replace(dx=-7.0), (64, 64)), image[:, 11:75]
+    )
+
+
+def test_classifier_crop_rotates_and_squeezes_by_the_drawn_amounts() -> None:
+    # A 90 px wide vertical red stripe on grey. Its centre in each output row (weighted by
+    # redness, for sub-pixel precision) moves tan(rad) px right per row down (darknet's
+    # rotate_crop_image: rx = cos(rad) u - sin(rad) v), and its width is 90 * scale / aspect.
+    image = np.full((300, 300, 3), 100, np.uint8)
+    image[:, 105:195] = (255, 0, 0)
+    rows, xs = np.arange(32, 96), np.arange(128)
+
+    def stripe(out: np.ndarray) -> tuple[float, float]:
+        redness = np.clip(out[rows, :, 0].astype(float) - out[rows, :, 1], 0, None) / 255
+        centre = (redness * xs).sum(axis=1) / redness.sum(axis=1)
+        return np.polyfit(rows, centre, 1)[0], float(redness.sum(axis=1).mean())
+
+    rotate = cls.CropParams(min_crop=128, max_crop=128, angle=7.0)
+    angles = []
+    for seed in range(8):
+        args = cls.random_crop_args(np.random.default_rng(seed), (300, 300), (128, 128), rotate)
+        out = cls.random_augment_image(np.random.default_rng(seed), image, (128, 128), rotate)
+        slope, _ = stripe(out)
+        assert math.degrees(math.atan(slope)) == pytest.approx(math.degrees(args.rad), abs=0.3)
+        angles.append(math.degrees(args.rad))
+    assert max(angles) > 3 and min(angles) < -3 and max(map(abs, angles)) <= 7
+    squeeze = cls.CropParams(min_crop=128, max_crop=128, aspect=0.75)
+    aspects = []
+    for seed in range(8):
+        args = cls.random_crop_args(np.random.default_rng(seed), (300, 300), (128, 128), squeeze)
+        out = cls.random_augment_image(np.random.default_rng(seed), image, (128, 128), squeeze)
+        slope, width = stripe(out)
+        assert abs(slope) < 1e-3
+        # Within a pixel: shrinking by 2 and more, bilinear sampling rounds each edge.
+        assert width == pytest.approx(90 * args.scale / args.aspect, abs=1.0)
+        aspects.append(args.aspect)
+    assert min(aspects) < 0.9 and max(aspects) > 1.1  # both sides of 1 (wider and narrower)
+
+
+def test_classifier_crop_shape_dtype_determinism() -> None:
+    c = cls.CropParams(min_crop=32, max_crop=112, aspect=0.75, angle=7.0)
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        h, w = (int(v) for v in rng.integers(8, 300, size=2))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = cls.random_augment_image(np.random.default_rng(seed), image, (64, 64), c)
+        assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+        again = cls.random_augment_image(np.random.default_rng(seed), image, (64, 64), c)
+        np.testing.assert_array_equal(out, again)
+        other = cls.random_augment_image(np.random.default_rng(seed + 100), image, (64, 64), c)
+        assert not np.array_equal(out, other)
+        quadrant = cls.random_augment_image(
+            np.random.default_rng(seed), image, (64, 64), c, (20, 41)
+        )
+        assert quadrant.shape == (20, 41, 3) and quadrant.dtype == np.uint8
+    # A Mosaic quadrant shows the whole canvas's crop, stretched to the quadrant.
+    image = smooth_image(90, 120)
+    for seed in range(5):
+        full = cls.random_augment_image(np.random.default_rng(seed), image, (64, 64), c)
+        quadrant = cls.random_augment_image(
+            np.random.default_rng(seed), image, (64, 64), c, (20, 40)
+        )
+        want = cv2.resize(full, (40, 20), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(quadrant.astype(int) - want).mean() < 3
+
+
+def test_darknet_rand_scale_takes_either_side_of_one() -> None:
+    for s in (0.75, 1 / 0.75):
+        rng = np.random.default_rng(0)
+        draws = np.array([cls.darknet_rand_scale(rng, s) for _ in range(2000)])
+        assert draws.min() >= 0.75 - 1e-9 and draws.max() <= 4 / 3 + 1e-9
+        assert abs((draws < 1).mean() - 0.5) < 0.05
+        assert draws.min() < 0.76 and draws.max() > 1.32
+    assert cls.darknet_rand_scale(np.random.default_rng(0), 1.0) == 1.0
+
+
+def test_classifier_crop_config_errors(config) -> None:
+    assert cls.crop_params(config) == cls.CropParams()  # off by default
+    for field, value, match in [
+        ("min_crop", -1, r"config.data.min_crop=-1: expected 0 \(off"),
+        ("max_crop", 100, r"config.data.max_crop=100: expected at least config.data.min_crop"),
+        ("aspect", 0.0, r"config.data.aspect=0.0: expected a positive factor"),
+        ("aspect", float("nan"), r"config.data.aspect=nan: expected a positive factor"),
+        ("angle", -7.0, r"config.data.angle=-7.0: expected the largest rotation in degrees"),
+    ]:
+        bad = config.copy_and_resolve_references()
+        bad.data.min_crop, bad.data.max_crop = 128, 448
+        bad.data[field] = value
+        with pytest.raises(ValueError, match=match):
+            data.create_classification_train_iterator(bad, seed=0)
+    config.data.min_crop, config.data.max_crop, config.data.aspect = 128, 448, 0.75
+    assert cls.crop_params(config) == cls.CropParams(128, 448, 0.75, 0.0)
+
+
 # --- The embedded dataset and DatasetInfo.
 
 
@@ -242,6 +366,26 @@ def test_deterministic_per_seed_and_resumable(config) -> None:
     resumed = data.create_classification_train_iterator(config, seed=3)
     resumed.set_state(state)
     assert_same(first[2:], take(resumed, 1))
+
+
+def test_train_iterator_with_the_classifier_crop(config) -> None:
+    config.data.min_crop, config.data.max_crop = 32, 112
+    config.data.aspect, config.data.angle = 0.75, 7.0
+    first = take(data.create_classification_train_iterator(config, seed=6), 2)
+    for batch in first:  # Mosaic, CutMix and MixUp on, as in test_train_batch_contract
+        assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.uint8
+        np.testing.assert_allclose(batch["target"].sum(axis=1), 1.0, rtol=1e-6)
+    assert_same(first, take(data.create_classification_train_iterator(config, seed=6), 2))
+    # r = 16 on a 64 px canvas: the 64-96 px images shrink to at most 16 x 24 in the middle
+    # (no overhang, so no shift) and the rest is black, unlike the jitter crop's mean colour.
+    config.data.mosaic = config.data.cutmix = config.data.mixup = False
+    config.data.min_crop = config.data.max_crop = 16
+    config.data.aspect, config.data.angle = 1.0, 0.0
+    for batch in take(data.create_classification_train_iterator(config, seed=6), 2):
+        images = batch["image"]
+        assert not images[:, :19].any() and not images[:, 45:].any()
+        assert not images[:, :, :19].any() and not images[:, :, 45:].any()
+        assert (images[:, 30:34, 30:34].max(axis=(1, 2, 3)) > 0).all()
 
 
 def test_worker_process_gives_the_same_batches(config) -> None:

@@ -14,7 +14,9 @@ Evaluation batch: ``image`` uint8 [B, S', S', 3] stretched to ``eval_image_size 
 Augmentation uses the flags of ``config.data`` with darknet's classifier semantics
 (data.c::load_data_augment):
 - every image: jitter crop (``jitter``), stretch, ``flip``, HSV (``hue``, ``saturation``,
-  ``exposure``): augment.augment_single without boxes;
+  ``exposure``): augment.augment_single without boxes; or, with ``min_crop > 0``, darknet's
+  classifier crop (`random_augment_image`: scale, ``aspect``, rotation by up to ``angle``,
+  shift), then ``flip`` and HSV, as data.c::load_image_augment_paths;
 - CutMix (``cutmix``, ``cutmix_prob``): a patch with sides uniform in [cutmix_min_size,
   cutmix_max_size] of the canvas, at a uniform position, copied from a second augmented image at
   the same place; target (1 - a) onehot(y1) + a onehot(y2), a = patch area / canvas area;
@@ -34,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import grain
@@ -146,11 +149,156 @@ def mix_target(labels: Sequence[int], weights: np.ndarray, num_classes: int) -> 
     return target.astype(np.float32)
 
 
-def _augment_image(
-    rng: np.random.Generator, image: np.ndarray, canvas_hw: tuple[int, int], p: AugmentParams
+# --- Darknet's classifier crop (image.c::random_augment_image), used when min_crop > 0.
+
+# Darknet's bilinear_interpolate reads 0 (black) outside the image (image.c::get_pixel_extend,
+# whose clamp to the border is commented out), so crops that leave the image show black.
+CROP_BORDER_VALUE = (0, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CropParams:
+    """The classifier crop flags of ``config.data`` (configs/base.py); ``min_crop=0``: off."""
+
+    min_crop: int = 0  # the shorter side is resized to r, an integer in [min_crop, max_crop]
+    max_crop: int = 0
+    aspect: float = 1.0  # darknet's value: the squeeze is rand_scale(aspect)
+    angle: float = 0.0  # degrees
+
+
+class CropArgs(NamedTuple):
+    """One draw of the crop (darknet's augment_args)."""
+
+    rad: float  # rotation about the image centre, radians
+    scale: float  # canvas pixels per source pixel, vertically
+    aspect: float  # horizontally, aspect / scale source pixels per canvas pixel
+    dx: float  # shift of the crop's centre from the image's, canvas pixels
+    dy: float
+
+
+def crop_params(config: ml_collections.ConfigDict) -> CropParams:
+    """The crop flags of ``config.data``; a ValueError names a field with a bad value."""
+    d = config.data
+
+    def bad(field: str, expected: str) -> ValueError:
+        return ValueError(f"config.data.{field}={d[field]!r}: expected {expected}")
+
+    if d.min_crop < 0:
+        raise bad("min_crop", "0 (off: the jitter crop) or the smallest side r in pixels")
+    if d.max_crop < 0 or (d.min_crop > 0 and d.max_crop < d.min_crop):
+        raise bad("max_crop", f"at least config.data.min_crop={d.min_crop} (r is drawn between)")
+    if not (math.isfinite(d.aspect) and d.aspect > 0):
+        raise bad("aspect", "a positive factor, darknet's value (1: off; .75 as 1/.75)")
+    if not (math.isfinite(d.angle) and d.angle >= 0):
+        raise bad("angle", "the largest rotation in degrees, >= 0 (0: off)")
+    return CropParams(int(d.min_crop), int(d.max_crop), float(d.aspect), float(d.angle))
+
+
+def darknet_rand_scale(rng: np.random.Generator, s: float) -> float:
+    """Uniform between 1 and ``s`` (either side of 1), inverted with p=.5 (utils.c::rand_scale).
+
+    ``s`` and ``1/s`` give the same range, [.75, 4/3] for .75, with p=.5 on each side of 1; only
+    the density inside each half differs (uniform on the side of ``s``, 1/uniform on the other).
+    """
+    scale = rng.uniform(min(1.0, s), max(1.0, s))
+    return float(scale if rng.random() < 0.5 else 1.0 / scale)
+
+
+def random_crop_args(
+    rng: np.random.Generator, image_hw: tuple[int, int], canvas_hw: tuple[int, int], c: CropParams
+) -> CropArgs:
+    """Darknet's random_augment_args: squeeze, r, rotation and shift (in this order).
+
+    The shorter side goes to r canvas pixels, with darknet's rule min(h, w * aspect) (the crop
+    itself divides the width by aspect; the same for aspect 1). The shift is uniform within the
+    part of the scaled image that overhangs the canvas, and 0 where it does not.
+    """
+    h, w = image_hw
+    ch, cw = canvas_hw
+    aspect = darknet_rand_scale(rng, c.aspect)
+    r = int(rng.integers(c.min_crop, c.max_crop + 1))
+    scale = r / max(int(min(h, w * aspect)), 1)
+    rad = math.radians(rng.uniform(-c.angle, c.angle))
+    dx = max((w * scale / aspect - cw) / 2, 0.0)
+    dy = max((h * scale - ch) / 2, 0.0)
+    return CropArgs(rad, scale, aspect, rng.uniform(-dx, dx), rng.uniform(-dy, dy))
+
+
+def crop_matrix(
+    image_hw: tuple[int, int],
+    args: CropArgs,
+    canvas_hw: tuple[int, int],
+    out_hw: tuple[int, int] | None = None,
 ) -> np.ndarray:
+    """float64 [2, 3]: output pixel (x, y, 1) -> source pixel, darknet's rotate_crop_image.
+
+    Canvas point (X, Y) shows source (cos u - sin v + w/2, sin u + cos v + h/2), with
+    u = (X - cw/2 + dx) * aspect / scale and v = (Y - ch/2 + dy) / scale, in coordinates where
+    pixel i spans [i, i + 1] (darknet uses indices, half a pixel off; with this convention no
+    rotation, aspect 1 and no shift is exactly cv2.resize). An ``out_hw`` output is the canvas
+    stretched to that size (a Mosaic quadrant).
+    """
+    h, w = image_hw
+    ch, cw = canvas_hw
+    oh, ow = out_hw or canvas_hw
+    cos, sin = math.cos(args.rad), math.sin(args.rad)
+    rotate = np.array([[cos, -sin, w / 2], [sin, cos, h / 2], [0, 0, 1]])
+    squeeze = np.diag([args.aspect / args.scale, 1 / args.scale, 1.0])
+    shift = np.array([[1, 0, args.dx - cw / 2], [0, 1, args.dy - ch / 2], [0, 0, 1]])
+    stretch = np.diag([cw / ow, ch / oh, 1.0])
+    to_centres = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])  # index -> coordinate
+    m = np.linalg.inv(to_centres) @ rotate @ squeeze @ shift @ stretch @ to_centres
+    return m[:2]
+
+
+def rotate_crop_image(
+    image: np.ndarray,
+    args: CropArgs,
+    canvas_hw: tuple[int, int],
+    out_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """uint8 [oh, ow, 3]: the crop ``args`` of ``image`` (`crop_matrix`), one bilinear warp."""
+    oh, ow = out_hw or canvas_hw
+    return cv2.warpAffine(
+        image,
+        crop_matrix(image.shape[:2], args, canvas_hw, out_hw),
+        (ow, oh),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=CROP_BORDER_VALUE,
+    )
+
+
+def random_augment_image(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    canvas_hw: tuple[int, int],
+    c: CropParams,
+    out_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Darknet's classifier crop (image.c::random_augment_image): a random `random_crop_args`
+    draw rendered on the ``canvas_hw`` network input (or stretched to ``out_hw``)."""
+    args = random_crop_args(rng, image.shape[:2], canvas_hw, c)
+    return rotate_crop_image(image, args, canvas_hw, out_hw)
+
+
+def _augment_image(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    out_hw: tuple[int, int],
+    p: AugmentParams,
+    crop: CropParams,
+    canvas_hw: tuple[int, int],
+) -> np.ndarray:
+    """One image augmented to ``out_hw`` (the canvas, or a Mosaic quadrant of ``canvas_hw``)."""
+    if crop.min_crop > 0:
+        # data.c::load_image_augment_paths: the crop, then flip, then HSV.
+        out = random_augment_image(rng, image, canvas_hw, crop, out_hw)
+        if p.flip and rng.random() < 0.5:
+            out = cv2.flip(out, 1)
+        return augment.random_hsv(rng, out, p.hue, p.saturation, p.exposure)
     sample = augment.Sample(image, *augment.empty_boxes())
-    return augment.augment_single(rng, sample, canvas_hw, p).image
+    return augment.augment_single(rng, sample, out_hw, p).image
 
 
 def augment_and_mix(
@@ -159,23 +307,25 @@ def augment_and_mix(
     canvas_hw: tuple[int, int],
     p: AugmentParams,
     mix: str,
+    crop: CropParams = CropParams(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training transform of one sample: (canvas image, weights of the images' labels).
 
     ``images`` holds 4 decoded images for "mosaic", 2 for "cutmix" and "mixup", 1 for "none".
+    Each image gets the jitter crop, or darknet's classifier crop when ``crop.min_crop > 0``.
     """
     if len(images) != augment.num_images(mix):
         raise ValueError(f"{mix} needs {augment.num_images(mix)} images, got {len(images)}")
     if mix == "mosaic":
         cut = mosaic_cut(rng, canvas_hw, p.mosaic_min_cut, p.mosaic_max_cut)
         parts = [
-            _augment_image(rng, image, (y1 - y0, x1 - x0), p)
+            _augment_image(rng, image, (y1 - y0, x1 - x0), p, crop, canvas_hw)
             for image, (x0, y0, x1, y1) in zip(
                 images, mosaic_quadrants(canvas_hw, cut), strict=True
             )
         ]
         return mosaic(parts, canvas_hw, cut)
-    augmented = [_augment_image(rng, image, canvas_hw, p) for image in images]
+    augmented = [_augment_image(rng, image, canvas_hw, p, crop, canvas_hw) for image in images]
     if mix == "cutmix":
         patch = cutmix_patch(rng, canvas_hw, p.cutmix_min_size, p.cutmix_max_size)
         return cutmix(augmented[0], augmented[1], patch)
@@ -238,6 +388,7 @@ class _TrainBatches(pipeline._ShardedBatches):
             )
         self._canvas = (d.image_size, d.image_size)
         self._params = dataclasses.replace(pipeline.augment_params(config), letterbox=False)
+        self._crop = crop_params(config)
         self._num_classes = num_classes
 
     def read(self, key: int) -> tuple[np.ndarray, int]:
@@ -251,7 +402,7 @@ class _TrainBatches(pipeline._ShardedBatches):
         while len(keys) < augment.num_images(mix):
             keys.append(self._random_key(rng, keys))
         images, labels = zip(*(self.read(k) for k in keys), strict=True)
-        image, weights = augment_and_mix(rng, images, self._canvas, self._params, mix)
+        image, weights = augment_and_mix(rng, images, self._canvas, self._params, mix, self._crop)
         return image, labels[0], mix_target(labels, weights, self._num_classes)
 
     def map(self, step: int) -> dict[str, np.ndarray]:
