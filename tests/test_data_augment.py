@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from yolov4_jax.data import augment
+from configs import base
+from yolov4_jax.data import augment, pipeline
 from yolov4_jax.data.augment import AugmentParams, Sample
 
-# Solid, well-separated colours (no HSV here: colours must stay recognisable).
+# Solid, well-separated colours; HSV changes them, so colour checks with HSV on use `HSV_TWIN`.
 COLOURS = np.array(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], np.uint8
 )
@@ -33,8 +34,13 @@ def coloured_sample(rng: np.random.Generator, height: int = 96, width: int = 128
     return Sample(image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int32))
 
 
-def colour_fraction(sample: Sample, k: int) -> tuple[float, float]:
-    """(fraction of box ``k``'s inner pixels of its colour, fraction of that colour inside it)."""
+def colour_fraction(
+    sample: Sample, k: int, ignore: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(fraction of box ``k``'s inner pixels of its colour, fraction of that colour inside it).
+
+    Pixels where ``ignore`` is True (another image's, see `_parts`) are left out of the first.
+    """
     x0, y0, x1, y1 = sample.boxes[k]
     colour = COLOURS[sample.labels[k]].astype(int)
     match = np.all(np.abs(sample.image.astype(int) - colour) < 60, axis=-1)
@@ -42,13 +48,17 @@ def colour_fraction(sample: Sample, k: int) -> tuple[float, float]:
     ix0, iy0 = int(np.ceil(x0 + 1.5)), int(np.ceil(y0 + 1.5))
     ix1, iy1 = int(np.floor(x1 - 1.5)), int(np.floor(y1 - 1.5))
     inner = match[iy0:iy1, ix0:ix1]
+    if ignore is not None:
+        inner = inner[~ignore[iy0:iy1, ix0:ix1]]
     inside = inner.mean() if inner.size else 1.0
     ox0, oy0 = max(int(np.floor(x0 - 1.5)), 0), max(int(np.floor(y0 - 1.5)), 0)
     grown = match[oy0 : int(np.ceil(y1 + 1.5)), ox0 : int(np.ceil(x1 + 1.5))].sum()
     return float(inside), float(grown / max(match.sum(), 1))
 
 
-def assert_boxes_follow_pixels(sample: Sample, min_inside: float = 0.97) -> None:
+def assert_boxes_follow_pixels(
+    sample: Sample, min_inside: float = 0.97, ignore: np.ndarray | None = None
+) -> None:
     h, w = sample.image.shape[:2]
     assert sample.boxes.dtype == np.float32 and sample.labels.dtype == np.int32
     assert sample.boxes.shape == (len(sample.labels), 4)
@@ -58,7 +68,7 @@ def assert_boxes_follow_pixels(sample: Sample, min_inside: float = 0.97) -> None
     for k in range(len(sample.labels)):
         if min(sample.boxes[k, 2:] - sample.boxes[k, :2]) < 4:
             continue  # too thin to have inner pixels after blurring
-        inside, _ = colour_fraction(sample, k)
+        inside, _ = colour_fraction(sample, k, ignore)
         assert inside >= min_inside, (k, sample.boxes[k], inside)
 
 
@@ -240,15 +250,128 @@ def test_letterbox_keeps_aspect() -> None:
     np.testing.assert_allclose(stretched.boxes, [[0, 0, 80, 80]], atol=1e-4)
 
 
-@pytest.mark.parametrize("mix", ["none", "mosaic", "cutmix"])
-def test_full_augment_combinations_follow_pixels(mix: str) -> None:
-    """Jitter, flip and the multi-image mixes together (HSV off so colours stay recognisable)."""
-    p = AugmentParams(jitter=0.3, flip=True, cutmix_min_visible=0.6, **GEOMETRY_ONLY)
-    for seed in range(8):
-        rng = np.random.default_rng(100 + seed)
-        samples = [coloured_sample(rng) for _ in range(augment.num_images(mix))]
-        out = augment.augment(rng, samples, (96, 128), p, mix)
+# HSV on: darknet's yolov4.cfg values. Its twin draws exactly the same random numbers (a
+# Generator's uniform takes one draw whatever its bounds) but its lookup tables are the identity:
+# the same geometry with the colours kept, so the colour checks can run on the twin.
+HSV_ON = dict(hue=0.1, saturation=1.5, exposure=1.5)
+HSV_TWIN = dict(hue=1e-9, saturation=1 + 1e-9, exposure=1 + 1e-9)
+OTHER = 128  # the pixels of the other images in `_parts`: no palette colour, not the background
+# Flags on together -> the mixes a sample can draw (choose_mix: Mosaic switches MixUp off, as
+# darknet's mosaic=1 does, so with Mosaic on MixUp is never drawn).
+COMBINATIONS = {
+    "none": (dict(), {"none"}),
+    "mosaic": (dict(mosaic_prob=1.0), {"mosaic"}),
+    "cutmix": (dict(cutmix_prob=1.0), {"cutmix"}),
+    "mixup": (dict(mixup_prob=1.0), {"mixup"}),
+    "mosaic+mixup": (dict(mosaic_prob=0.5, mixup_prob=1.0), {"mosaic", "none"}),
+    "cutmix+mixup": (dict(cutmix_prob=0.5, mixup_prob=1.0), {"cutmix", "mixup"}),
+    "all": (dict(mosaic_prob=0.4, cutmix_prob=0.5, mixup_prob=1.0), {"mosaic", "cutmix", "none"}),
+}
+
+
+def _draw_and_augment(seed: int, samples: list[Sample], p: AugmentParams) -> tuple[str, Sample]:
+    """As the pipeline: one generator draws the mix, then augments (pipeline._TrainBatches)."""
+    rng = np.random.default_rng(seed)
+    mix = augment.choose_mix(rng, p)
+    return mix, augment.augment(rng, samples[: augment.num_images(mix)], (96, 128), p, mix)
+
+
+def _parts(seed: int, samples: list[Sample], p: AugmentParams, mix: str) -> list[Sample]:
+    """Each source image of ``mix`` alone: the same draws with the others plain and boxless.
+
+    The geometry depends only on the image sizes and the draws, so each part has the full
+    result's geometry. The others are black for MixUp (the part is half the image) and `OTHER`
+    grey otherwise (the pixels of other images, which the checks ignore).
+    """
+    n = augment.num_images(mix)
+    fill = 0 if mix == "mixup" else OTHER
+    parts = []
+    for i in range(n):
+        alone = [
+            s if j == i else Sample(np.full_like(s.image, fill), *augment.empty_boxes())
+            for j, s in enumerate(samples[:n])
+        ]
+        parts.append(_draw_and_augment(seed, alone, p)[1])
+    return parts
+
+
+def assert_same_geometry(out: Sample, twin: Sample) -> None:
+    """HSV changes colours only: the same boxes, and objects and background where the twin's are."""
+    np.testing.assert_array_equal(out.boxes, twin.boxes)
+    np.testing.assert_array_equal(out.labels, twin.labels)
+    value, twin_value = out.image.max(-1).astype(int), twin.image.max(-1)
+    # HSV scales the value (max channel) by 1/1.5..1.5: black stays black and objects stay bright
+    # (a MixUp blend's value is at least half its brighter image's: at least a third is left).
+    assert np.all(value[twin_value < 8] < 16)
+    assert np.all(value[twin_value > 150] > 45)
+
+
+@pytest.mark.parametrize("hsv", [False, True], ids=["geometry", "hsv"])
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_full_augment_combinations_follow_pixels(combination: str, hsv: bool) -> None:
+    """Jitter, flip, HSV and the multi-image mixes together: every box covers its object.
+
+    With HSV on, colours change, so the colour checks run on the HSV twin (same geometry) and the
+    HSV result must match it in boxes and object positions. MixUp is split into its two images,
+    each of whose boxes must cover its colours; the blend must be their sum.
+    """
+    probs, can_draw = COMBINATIONS[combination]
+    flags = dict(jitter=0.3, flip=True, cutmix_min_visible=0.6, **{"mosaic_prob": 0.0, **probs})
+    p = AugmentParams(**flags, **(HSV_ON if hsv else GEOMETRY_ONLY))
+    twin_p = AugmentParams(**flags, **(HSV_TWIN if hsv else GEOMETRY_ONLY))
+    drawn, recoloured = set(), 0
+    for seed in range(10):
+        data_rng = np.random.default_rng(100 + seed)
+        samples = [coloured_sample(data_rng) for _ in range(4)]
+        mix, out = _draw_and_augment(seed, samples, p)
+        _, twin = _draw_and_augment(seed, samples, twin_p)
+        drawn.add(mix)
         assert out.image.shape == (96, 128, 3)
-        assert_boxes_follow_pixels(out, min_inside=0.97 if mix != "cutmix" else 0.55)
-        if mix != "cutmix":
-            assert_every_colour_is_boxed(out)
+        assert_same_geometry(out, twin)
+        recoloured += not np.array_equal(out.image, twin.image)
+        parts = _parts(seed, samples, twin_p, mix)
+        np.testing.assert_array_equal(twin.boxes, np.concatenate([q.boxes for q in parts]))
+        np.testing.assert_array_equal(twin.labels, np.concatenate([q.labels for q in parts]))
+        if mix == "mixup":  # the blend is the sum of the halves (each rounded on its own)
+            assert np.abs(twin.image - sum(q.image.astype(int) for q in parts)).max() <= 1
+            parts = [
+                Sample(np.minimum(2 * q.image.astype(int), 255).astype(np.uint8), *q[1:])
+                for q in parts
+            ]
+        for i, part in enumerate(parts):
+            others = None
+            if mix != "mixup":  # each image's pixels are the result's where no other image shows
+                others = np.all(part.image == OTHER, axis=-1)
+                np.testing.assert_array_equal(part.image[~others], twin.image[~others])
+            assert_boxes_follow_pixels(part, ignore=others)
+            # CutMix drops the first image's boxes that the patch mostly hides.
+            if not (mix == "cutmix" and i == 0):
+                assert_every_colour_is_boxed(part)
+    assert drawn == can_draw
+    assert (recoloured >= 8) if hsv else (recoloured == 0)
+
+
+def test_min_visible_drops_a_sliver_left_by_the_crop(monkeypatch) -> None:
+    """min_visible=0 (the default: darknet keeps every clipped box of at least 1 px) keeps a box
+    cropped to a sliver; a positive min_visible drops it when less of its area is left."""
+    config = base.get_config()
+    assert config.data.min_visible == AugmentParams().min_visible == 0.0
+    config.data.min_visible = 0.25
+    assert pipeline.augment_params(config).min_visible == 0.25
+    sample = Sample(
+        np.zeros((100, 100, 3), np.uint8),
+        np.array([[0, 20, 40, 60], [50, 20, 90, 60]], np.float32),
+        np.array([0, 1], np.int32),
+    )
+    # A crop from x=36, as wide as the image: 4 of the first box's 40 columns are left (10%).
+    monkeypatch.setattr(augment, "jitter_crop", lambda rng, h, w, jitter: (36.0, 0.0, 136.0, 100.0))
+
+    def crop(min_visible: float) -> Sample:
+        p = AugmentParams(flip=False, min_visible=min_visible, **GEOMETRY_ONLY)
+        return augment.augment_single(np.random.default_rng(0), sample, (100, 100), p)
+
+    kept = crop(0.0)
+    np.testing.assert_array_equal(kept.labels, [0, 1])
+    np.testing.assert_allclose(kept.boxes, [[0, 20, 4, 60], [14, 20, 54, 60]], atol=1e-4)
+    np.testing.assert_array_equal(crop(0.09).labels, [0, 1])
+    np.testing.assert_array_equal(crop(0.11).labels, [1])

@@ -182,6 +182,93 @@ def test_yolo_round_trip_with_val_fraction(tmp_path) -> None:
     _assert_matches({**train, **val}, items)
 
 
+def _coco_written(items: list[dict]) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """COCO boxes as written, converted as documented: [x, y, w, h] pixels -> tfds's
+    normalised (y / H, x / W, (y + h) / H, (x + w) / W); labels in ascending category id."""
+    out = {}
+    for it in items:
+        xywh = np.array([b for b, _ in it["boxes"]], np.float64).reshape(-1, 4)
+        x, y, w, h = xywh.T
+        yxyx = np.stack([y / it["h"], x / it["w"], (y + h) / it["h"], (x + w) / it["w"]], 1)
+        out[it["file"]] = (yxyx, [LABEL_OF[c] for _, c in it["boxes"]])
+    return out
+
+
+def _yolo_written(labels_dir: str, items: list[dict]) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """YOLO lines as written in each .txt, converted as documented: class cx cy w h ->
+    (cy - h/2, cx - w/2, cy + h/2, cx + w/2), clipped to [0, 1]."""
+    out = {}
+    for it in items:
+        with open(os.path.join(labels_dir, os.path.splitext(it["file"])[0] + ".txt")) as f:
+            rows = np.array([line.split() for line in f if line.strip()], np.float64)
+        cls, cx, cy, w, h = rows.reshape(-1, 5).T
+        yxyx = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1)
+        out[it["file"]] = (np.clip(yxyx, 0.0, 1.0), cls.astype(int).tolist())
+    return out
+
+
+def _assert_exact(read: dict, items: list[dict], written: dict) -> None:
+    """Pixels, stored boxes (within 1e-6 of the written ones) and labels survive the round trip."""
+    by_file = {it["file"]: it for it in items}
+    assert set(read) == set(written)
+    for filename, (sample, record) in read.items():
+        yxyx, labels = written[filename]
+        np.testing.assert_array_equal(sample.image, by_file[filename]["rgb"])
+        stored = np.asarray(record["objects"]["bbox"], np.float64).reshape(-1, 4)
+        np.testing.assert_allclose(stored, yxyx, rtol=0, atol=1e-6)
+        h, w = sample.image.shape[:2]
+        pixels = yxyx[:, [1, 0, 3, 2]] * [w, h, w, h]  # decode's pixel (x1, y1, x2, y2)
+        np.testing.assert_allclose(sample.boxes, pixels, rtol=0, atol=1e-4)
+        assert sample.labels.tolist() == labels
+
+
+def test_yolo_round_trip_with_val_images(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    train = _write_images(str(tmp_path / "train"), 4, rng)
+    val = _write_images(str(tmp_path / "val"), 3, rng)
+    _yolo(str(tmp_path / "train"), str(tmp_path / "train_labels"), train)
+    _yolo(str(tmp_path / "val"), str(tmp_path / "val_labels"), val)
+    (tmp_path / "obj.names").write_text("three\nseven\nten\n")
+    data_dir = str(tmp_path / "tfds")
+    args = ["--format", "yolo", "--names", str(tmp_path / "obj.names"), "--name", "yolo_val"]
+    args += ["--images", str(tmp_path / "train"), "--labels", str(tmp_path / "train_labels")]
+    args += ["--val-images", str(tmp_path / "val"), "--val-labels", str(tmp_path / "val_labels")]
+    assert prepare.main(args + ["--data-dir", data_dir]) == 0
+    info = sources.dataset_info_from_builder(sources.load_builder("yolo_val", data_dir))
+    assert info.class_names == ("three", "seven", "ten")
+    assert info.split_sizes == {"train": 4, "validation": 3}
+    ids = []
+    for split, items, labels in [
+        ("train", train, "train_labels"),
+        ("validation", val, "val_labels"),
+    ]:
+        read = _read_back(data_dir, "yolo_val", split)
+        _assert_exact(read, items, _yolo_written(str(tmp_path / labels), items))
+        ids += sorted(int(record["image/id"]) for _, record in read.values())
+    assert ids == list(range(7))  # sorted file order, validation after training
+
+
+def test_coco_round_trip_with_val_fraction(tmp_path, coco_folder) -> None:
+    images, annotations, items = coco_folder
+    data_dir = str(tmp_path / "tfds")
+    common = ["--format", "coco", "--images", images, "--annotations", annotations]
+    common += ["--val-fraction", "0.4", "--data-dir", data_dir]
+    splits = {}
+    for name, seed in [("first", "0"), ("again", "0"), ("other", "1")]:
+        assert prepare.main(common + ["--name", name, "--seed", seed]) == 0
+        info = sources.dataset_info_from_builder(sources.load_builder(name, data_dir))
+        assert info.class_names == ("three", "seven", "ten")
+        assert info.split_sizes == {"train": 3, "validation": 2}  # round(0.4 * 5) held out
+        train = _read_back(data_dir, name, "train")
+        val = _read_back(data_dir, name, "validation")
+        assert not set(train) & set(val) and set(train) | set(val) == {it["file"] for it in items}
+        _assert_exact({**train, **val}, items, _coco_written(items))
+        ids = {int(r["image/id"]) for _, r in [*train.values(), *val.values()]}
+        assert ids == {1, 2, 3, 4, 5}  # COCO image ids are kept
+        splits[name] = sorted(val)
+    assert splits["first"] == splits["again"] != splits["other"]  # seeded: --seed decides
+
+
 def test_yolo_missing_label_file_means_no_objects(tmp_path) -> None:
     rng = np.random.default_rng(3)
     items = _write_images(str(tmp_path / "images"), 3, rng)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
+import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from configs import test_tiny
 from yolov4_jax import data
 from yolov4_jax.data import pipeline, sources, synthetic
 
@@ -224,10 +230,6 @@ def test_synthetic_images_are_deterministic_with_a_range_of_sizes() -> None:
 
 
 def test_preview_writes_exact_inputs_and_boxes(config, tmp_path) -> None:
-    import json
-
-    import cv2
-
     from yolov4_jax.data import preview
 
     config.seed = 0
@@ -244,6 +246,38 @@ def test_preview_writes_exact_inputs_and_boxes(config, tmp_path) -> None:
         np.testing.assert_allclose(index[name]["boxes"], want, atol=0.01)
         assert index[name]["labels"] == batch["labels"][i][batch["mask"][i]].tolist()
         assert (tmp_path / name.replace("input_", "annotated_")).exists()
+
+
+def test_preview_cli_with_config_overrides(data_dir, tmp_path) -> None:
+    out = tmp_path / "preview"
+    cmd = [sys.executable, "-m", "yolov4_jax.data.preview", "--config=configs/test_tiny.py"]
+    cmd += ["--num", "3", f"--config.data.data_dir={data_dir}", "--config.data.image_size=96"]
+    run_cli = functools.partial(
+        subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    run = run_cli(cmd + ["--out", str(out)])
+    assert run.returncode == 0, run.stderr
+    with open(out / "boxes.json") as f:
+        index = json.load(f)
+    assert sorted(index) == ["input_0000.png", "input_0001.png", "input_0002.png"]
+    # The same config in this process: the PNGs are its first batch's images, at the new size.
+    config = test_tiny.get_config()
+    config.data.data_dir, config.data.image_size = data_dir, 96
+    batch = next(data.create_train_iterator(config, seed=config.seed))
+    for k, name in enumerate(sorted(index)):
+        image = cv2.cvtColor(cv2.imread(str(out / name)), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(image, batch["image"][k])
+        assert cv2.imread(str(out / name.replace("input_", "annotated_"))).shape == (96, 96, 3)
+        mask = batch["mask"][k]
+        want = batch["boxes"][k][mask] * 96  # pixel (x1, y1, x2, y2)
+        np.testing.assert_allclose(np.reshape(index[name]["boxes"], (-1, 4)), want, atol=0.01)
+        assert index[name]["labels"] == batch["labels"][k][mask].tolist()
+        assert index[name]["names"] == [synthetic.CLASS_NAMES[i] for i in index[name]["labels"]]
+    assert sum(len(v["labels"]) for v in index.values()) > 0
+    # An unknown field is an error naming it, before anything is written.
+    bad = tmp_path / "bad"
+    run = run_cli(cmd + ["--out", str(bad), "--config.data.nope=1"])
+    assert run.returncode != 0 and "'nope'" in run.stderr and not bad.exists()
 
 
 def test_mosaic_reads_four_distinct_records(config, monkeypatch) -> None:

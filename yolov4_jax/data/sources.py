@@ -12,8 +12,9 @@
 
 `DatasetInfo.task` tells the two kinds apart. Detection records hold the encoded image and
 tfds's normalised (ymin, xmin, ymax, xmax) boxes; `decode` turns one into an RGB image with pixel
-(x1, y1, x2, y2) boxes. Crowd boxes are dropped: darknet's COCO labels omit them, and the COCO
-evaluator reads them from the annotation file. `decode_classification` gives (image, label).
+(x1, y1, x2, y2) boxes. Crowd boxes are dropped, from training and evaluation ground truth alike:
+darknet's COCO labels omit them (evaluation.py says how this moves COCO's AP). A record without
+``image/id`` (``voc``) gets -1. `decode_classification` gives (image, label).
 """
 
 from __future__ import annotations
