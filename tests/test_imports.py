@@ -64,3 +64,35 @@ def test_programs_define_their_flags_when_run(program, flag):
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output[-3000:]
     assert flag in output
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        ["-m", "yolov4_jax.main", "--workdir=/nonexistent/never-created"],
+        ["-m", "yolov4_jax.evaluate"],
+        ["-m", "yolov4_jax.anchors"],
+        ["-m", "yolov4_jax.data.preview", "--out=/nonexistent/never-created"],
+    ],
+)
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--config=configs/test_tiny.py", "--config.data.nope=1"],
+            "--config.data.nope=1: the config has no field 'nope'",
+        ),
+        (
+            ["--config=configs/test_tiny.py", "--config.data.image_sze=3"],
+            "no field 'image_sze' (configs/base.py lists every field); Did you mean \"image_size\"",
+        ),
+        (["--config=configs/missing.py"], "--config: Failed loading config file"),
+    ],
+)
+def test_bad_config_arguments_are_one_line_errors(program, args, expected):
+    result = _run([*program, *args])
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "FATAL Flags parsing error: " in result.stderr, result.stderr[-3000:]
+    assert expected in result.stderr, result.stderr[-3000:]
+    assert not os.path.exists("/nonexistent/never-created")

@@ -304,8 +304,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from yolov4_jax import cli
 
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

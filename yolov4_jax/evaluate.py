@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import darknet, data, evaluation, inference
+from yolov4_jax import cli, darknet, data, evaluation, inference
 from yolov4_jax.darknet import weights as darknet_weights
 from yolov4_jax.models import Network, factory
 
@@ -252,4 +252,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _FLAGS = _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -13,6 +13,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from yolov4_jax import cli
+
 
 def _define_flags():
     # Defined only when run as a program, so importing this module defines no absl flags.
@@ -49,4 +51,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _FLAGS = _define_flags()
-    app.run(main)
+    cli.run(main)

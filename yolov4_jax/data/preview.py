@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import data
+from yolov4_jax import cli, data
 
 
 def _define_flags():
@@ -122,4 +122,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)
