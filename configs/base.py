@@ -97,8 +97,8 @@ def _data() -> ml_collections.ConfigDict:
     d.jitter = 0.3  # crop offsets per side up to jitter * size (yolov4.cfg [yolo] jitter=.3)
     d.flip = True  # horizontal flip with p=.5 (darknet flip=1)
     d.hue = 0.1  # hue shift uniform in +-hue of the colour circle (yolov4.cfg hue=.1)
-    d.saturation = 1.5  # saturation scale in [1, s], inverted with p=.5 (saturation=1.5)
-    d.exposure = 1.5  # value scale in [1, e], inverted with p=.5 (exposure=1.5)
+    d.saturation = 1.5  # scale in [1, s], inverted with p=.5 (s < 1 as 1/s, darknet); 1: off
+    d.exposure = 1.5  # value scale in [1, e], inverted with p=.5 (as saturation); 1: off
     # Classifier training only: darknet's crop (image.c::random_augment_image) replaces jitter.
     d.min_crop = 0  # shorter side resized to r px, an int in [min_crop, max_crop]; 0: off
     d.max_crop = 0  # largest r, pixels at image_size (csdarknet53-omega.cfg: 128..448 at 256)

@@ -36,10 +36,8 @@ def get_config():
     config.data.aspect = 0.75  # aspect=.75, darknet's value: width squeezed by .75 to 1/.75
     config.data.angle = 7.0  # angle=7: rotation uniform in +-7 degrees
     config.data.hue = 0.1  # hue=.1: shift uniform in +-.1 of the colour circle
-    # saturation=.75 exposure=.75: darknet's rand_scale(.75) draws from [.75, 1/.75] like
-    # rand_scale(1/.75); our rand_scale takes the factor >= 1 (a value <= 1 turns it off).
-    config.data.saturation = 1 / 0.75
-    config.data.exposure = 1 / 0.75
+    config.data.saturation = 0.75  # saturation=.75: rand_scale, factors in [.75, 1/.75]
+    config.data.exposure = 0.75  # exposure=.75
     config.data.mosaic = True  # mixed labels by quadrant area
     config.data.cutmix = True  # mixed labels by patch area; alternates with mosaic per sample
     config.data.mosaic_prob = 0.5

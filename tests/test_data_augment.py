@@ -375,3 +375,27 @@ def test_min_visible_drops_a_sliver_left_by_the_crop(monkeypatch) -> None:
     np.testing.assert_allclose(kept.boxes, [[0, 20, 4, 60], [14, 20, 54, 60]], atol=1e-4)
     np.testing.assert_array_equal(crop(0.09).labels, [0, 1])
     np.testing.assert_array_equal(crop(0.11).labels, [1])
+
+
+def test_rand_scale_takes_darknet_values_on_either_side_of_one() -> None:
+    """darknet's rand_scale(.75) (csdarknet53-omega.cfg's saturation, exposure, aspect) draws
+    from [.75, 1/.75] like rand_scale(1/.75); 1 is off; a factor <= 0 is an error."""
+    for s in (0.75, 1 / 0.75):
+        rng = np.random.default_rng(0)
+        draws = np.array([augment.rand_scale(rng, s) for _ in range(2000)])
+        assert draws.min() >= 0.75 - 1e-9 and draws.max() <= 4 / 3 + 1e-9
+        assert abs((draws < 1).mean() - 0.5) < 0.05
+        assert draws.min() < 0.76 and draws.max() > 1.32
+    assert augment.rand_scale(np.random.default_rng(0), 1.0) == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        augment.rand_scale(np.random.default_rng(0), 0.0)
+
+
+@pytest.mark.parametrize("field", ["saturation", "exposure"])
+def test_hsv_factor_must_be_positive(field: str) -> None:
+    config = base.get_config()
+    config.data[field] = 0.75
+    assert pipeline.augment_params(config).__getattribute__(field) == 0.75
+    config.data[field] = 0.0
+    with pytest.raises(ValueError, match=f"config.data.{field}=0.0: expected a positive"):
+        pipeline.augment_params(config)

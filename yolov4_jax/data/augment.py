@@ -61,8 +61,15 @@ def empty_boxes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def rand_scale(rng: np.random.Generator, s: float) -> float:
-    """A factor uniform in [1, s], inverted with p=.5 (darknet utils.c::rand_scale)."""
-    scale = rng.uniform(1.0, s) if s > 1.0 else 1.0
+    """A factor uniform between 1 and ``s``, inverted with p=.5 (darknet utils.c::rand_scale).
+
+    As in darknet, ``s`` may be on either side of 1: ``.75`` and ``1/.75`` both give factors in
+    [.75, 4/3], half of them below 1 (only the density inside each half differs: uniform on
+    the side of ``s``, 1/uniform on the other). ``s = 1`` gives 1.
+    """
+    if not s > 0:
+        raise ValueError(f"rand_scale needs a positive factor, got {s}")
+    scale = rng.uniform(min(1.0, s), max(1.0, s)) if s != 1.0 else 1.0
     return float(scale if rng.random() < 0.5 else 1.0 / scale)
 
 

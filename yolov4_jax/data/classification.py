@@ -194,16 +194,6 @@ def crop_params(config: ml_collections.ConfigDict) -> CropParams:
     return CropParams(int(d.min_crop), int(d.max_crop), float(d.aspect), float(d.angle))
 
 
-def darknet_rand_scale(rng: np.random.Generator, s: float) -> float:
-    """Uniform between 1 and ``s`` (either side of 1), inverted with p=.5 (utils.c::rand_scale).
-
-    ``s`` and ``1/s`` give the same range, [.75, 4/3] for .75, with p=.5 on each side of 1; only
-    the density inside each half differs (uniform on the side of ``s``, 1/uniform on the other).
-    """
-    scale = rng.uniform(min(1.0, s), max(1.0, s))
-    return float(scale if rng.random() < 0.5 else 1.0 / scale)
-
-
 def random_crop_args(
     rng: np.random.Generator, image_hw: tuple[int, int], canvas_hw: tuple[int, int], c: CropParams
 ) -> CropArgs:
@@ -215,7 +205,7 @@ def random_crop_args(
     """
     h, w = image_hw
     ch, cw = canvas_hw
-    aspect = darknet_rand_scale(rng, c.aspect)
+    aspect = augment.rand_scale(rng, c.aspect)
     r = int(rng.integers(c.min_crop, c.max_crop + 1))
     scale = r / max(int(min(h, w * aspect)), 1)
     rad = math.radians(rng.uniform(-c.angle, c.angle))

@@ -32,6 +32,12 @@ _STREAM_LENGTH = 2**62  # "infinite" number of training steps
 def augment_params(config: ml_collections.ConfigDict) -> AugmentParams:
     """The augmentation flags of ``config.data``."""
     d = config.data
+    for name in ("saturation", "exposure"):
+        if not d[name] > 0:
+            raise ValueError(
+                f"config.data.{name}={d[name]}: expected a positive factor, darknet's value "
+                "(1: off; 1.5 and 1/1.5 both scale by 1/1.5 to 1.5)"
+            )
     return AugmentParams(
         jitter=d.jitter,
         flip=d.flip,
