@@ -257,6 +257,7 @@ def run_sweep(
     """Runs (or resumes) every variant x seed of the sweep; returns the summary table."""
     base, default_seeds, variants = load_sweep(sweep_path)
     metrics = sweep_metrics(sweep_path)
+    names = list(variants)  # the tables cover every variant with finished runs, not just --only
     if only:
         unknown = sorted(set(only) - set(variants))
         if unknown:
@@ -271,10 +272,18 @@ def run_sweep(
         for name, overrides in variants.items()
         for seed in seeds
     }
-    header = (
-        f"Sweep `{os.path.relpath(sweep_path, ROOT)}` from `{os.path.relpath(base, ROOT)}`, "
-        f"seeds {list(seeds)}" + (f", with {extra}" if extra else "")
-    )
+
+    def report() -> list[dict[str, Any]]:
+        rows = collect(workdir, names)
+        found = sorted({r["seed"] for r in rows})
+        header = (
+            f"Sweep `{os.path.relpath(sweep_path, ROOT)}` from `{os.path.relpath(base, ROOT)}`, "
+            f"seeds {found}" + (f", with {extra}" if extra else "")
+        )
+        table = summarise(rows, names, metrics)
+        write_reports(workdir, rows, table, header, metrics)
+        return table
+
     for (name, seed), config in configs.items():
         run_dir = os.path.join(workdir, name, f"seed{seed}")
         if os.path.exists(os.path.join(run_dir, "result.json")):
@@ -290,12 +299,8 @@ def run_sweep(
         record.update(result)
         with open(os.path.join(run_dir, "result.json"), "w") as f:
             json.dump(record, f, indent=1)
-        rows = collect(workdir, list(variants))
-        write_reports(workdir, rows, summarise(rows, list(variants), metrics), header, metrics)
-    rows = collect(workdir, list(variants))
-    table = summarise(rows, list(variants), metrics)
-    write_reports(workdir, rows, table, header, metrics)
-    return table
+        report()
+    return report()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,10 @@ def test_sweep_runs_resumes_and_reports(tmp_path, tiny_data_dir, monkeypatch):
     monkeypatch.setattr(ablate, "run_one", lambda *a: pytest.fail("should resume, not rerun"))
     again = ablate.run_sweep(str(sweep), str(workdir), extra=extra)
     assert [e["variant"] for e in again] == ["baseline", "giou", "diverges"]
+    # --only and --seeds reruns keep the other variants' and seeds' results in the tables.
+    only = ablate.run_sweep(str(sweep), str(workdir), extra=extra, only=["giou"], seeds=[0])
+    assert [(e["variant"], e["runs"]) for e in only][:2] == [("baseline", 2), ("giou", 2)]
+    assert "seeds [0, 1]" in (workdir / "results.md").read_text()
 
 
 def test_bad_overrides_fail_before_training(tmp_path):
