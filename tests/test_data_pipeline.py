@@ -18,7 +18,7 @@ import pytest
 
 from configs import test_tiny
 from yolov4_jax import data
-from yolov4_jax.data import pipeline, sources, synthetic
+from yolov4_jax.data import augment, pipeline, sources, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -328,3 +328,171 @@ def test_eval_is_split_across_processes(config) -> None:
             assert b["image"].shape[0] == 2
             ids += b["image_id"][b["valid"]].tolist()
     assert counts == [3, 3] and len(ids) == 12 and len(set(ids)) == 12
+
+
+# data.fast_decode: JPEGs decoded at 1/2, 1/4 or 1/8 size when the canvas needs no more.
+
+
+def _exif_orientation_segment(orientation: int) -> bytes:
+    """An APP1 Exif segment whose only tag is the orientation (big-endian TIFF)."""
+    tiff = b"MM\0*\0\0\0\x08\0\x01" + b"\x01\x12\0\x03\0\0\0\x01"  # IFD0: 1 entry, SHORT x1
+    body = b"Exif\0\0" + tiff + orientation.to_bytes(2, "big") + b"\0\0" + b"\0\0\0\0"
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _smooth_textured(height: int = 480, width: int = 640) -> np.ndarray:
+    """A natural-ish RGB image: gradients plus texture of periods 30-45 px."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack(
+        [
+            60 + 120 * x / width + 40 * np.sin(x / 7 + y / 11),
+            127 + 60 * np.cos(y / 5) * np.sin(x / 6),
+            200 - 150 * y / height + 30 * np.sin((x + y) / 5),
+        ],
+        axis=-1,
+    )
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_jpeg_size_reads_the_header_or_gives_none() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    baseline = cv2.imencode(".jpg", image)[1].tobytes()
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    grey = cv2.imencode(".jpg", image[..., 0])[1].tobytes()
+    assert b"\xff\xc0" in baseline and b"\xff\xc2" in progressive  # SOF0 and SOF2 frames
+    for jpeg in (baseline, progressive, grey):
+        assert sources.jpeg_size(jpeg) == (37, 53) == sources.decode_image(jpeg).shape[:2]
+    # cv2 applies the Exif orientation: 6 turns the image a quarter, so the sides swap.
+    turned = baseline[:2] + _exif_orientation_segment(6) + baseline[2:]
+    assert sources.jpeg_size(turned) == (53, 37) == sources.decode_image(turned).shape[:2]
+    # Deferred decoding leaves it to the full decode: the reduced blocks would be misaligned.
+    assert isinstance(sources.decode({"image": turned}, deferred=True)[0].image, np.ndarray)
+    mirrored = baseline[:2] + _exif_orientation_segment(2) + baseline[2:]
+    assert sources.jpeg_size(mirrored) == (37, 53) == sources.decode_image(mirrored).shape[:2]
+    lossless = baseline.replace(b"\xff\xc0", b"\xff\xc3")
+    png = cv2.imencode(".png", image)[1].tobytes()
+    garbage = [b"", b"\xff\xd8", b"\xff\xd8\xff not really a jpeg", baseline[:40], png, lossless]
+    garbage.append(baseline[:2] + b"\xff\xe1\0\x0eExif\0\0MM\0*\0\0" + baseline[2:])  # bad Exif
+    for data_bytes in garbage:
+        assert sources.jpeg_size(data_bytes) is None, data_bytes[:12]
+    # Deferred decoding keeps only JPEGs it can size; the rest decode (or fail) at once.
+    assert isinstance(
+        sources.decode({"image": progressive}, deferred=True)[0].image, sources.EncodedJpeg
+    )
+    assert isinstance(sources.decode({"image": png}, deferred=True)[0].image, np.ndarray)
+    with pytest.raises(ValueError, match="undecodable"):
+        sources.decode({"image": garbage[2]}, deferred=True)
+
+
+def test_encoded_jpeg_decodes_at_reduced_size_and_reports_errors() -> None:
+    image = _smooth_textured(101, 203)  # not multiples of 8: the reduced size rounds up
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        jpeg = cv2.imencode(".jpg", image, params)[1].tobytes()
+        lazy = sources.EncodedJpeg(jpeg, 101, 203)
+        full = lazy.decode(1)
+        np.testing.assert_array_equal(full, sources.decode_image(jpeg))
+        for f in (2, 4, 8):
+            reduced = lazy.decode(f)
+            h, w = -(-101 // f), -(-203 // f)
+            assert reduced.shape == (h, w, 3)
+            # Reduced pixel j covers full pixels [f j, f j + f) (the last ones edge-padded).
+            padded = cv2.copyMakeBorder(full, 0, h * f - 101, 0, w * f - 203, cv2.BORDER_REPLICATE)
+            blocks = padded.reshape(h, f, w, f, 3).mean(axis=(1, 3))
+            assert np.abs(reduced - blocks).mean() < 1.5, f
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    wrong = sources.EncodedJpeg(jpeg, 100, 203, "ds split train record 7")
+    with pytest.raises(ValueError, match="record 7: decodes to 203x101 but its header says"):
+        wrong.decode(2)
+    # A header that parses and a body that does not (a bogus Huffman table): named errors.
+    table = jpeg.index(b"\xff\xc4")
+    broken = jpeg[: table + 4] + b"\x55" + jpeg[table + 5 :]
+    (sample, _) = sources.decode({"image": broken}, deferred=True, where="ds split x record 3")
+    assert sample.image.shape == (101, 203, 3)
+    for f in (1, 2):
+        with pytest.raises(ValueError, match="record 3: undecodable image"):
+            sample.image.decode(f)
+
+
+def test_reduction_never_lowers_the_canvas_resolution() -> None:
+    rect = (0.0, 0.0, 640.0, 480.0)
+    assert augment.reduction_for(rect, (240, 320)) == 2  # exactly half in both axes
+    assert augment.reduction_for(rect, (241, 320)) == 1  # y needs more than half
+    assert augment.reduction_for(rect, (120, 159)) == 4
+    assert augment.reduction_for(rect, (60, 80)) == 8 == augment.reduction_for(rect, (6, 8))
+    assert augment.reduction_for((-100.0, -50.0, 740.0, 530.0), (240, 320)) == 2  # padded crop
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(200):
+        x0, y0 = rng.uniform(-300, 300, 2)
+        width, height = rng.uniform(10, 2000, 2)
+        canvas_h, canvas_w = (int(v) for v in rng.integers(32, 640, 2))
+        f = augment.reduction_for((x0, y0, x0 + width, y0 + height), (canvas_h, canvas_w))
+        # The largest f whose 1/f source has a pixel per canvas pixel in both axes.
+        assert f == 1 or (width / f >= canvas_w and height / f >= canvas_h)
+        assert f == 8 or width / (2 * f) < canvas_w or height / (2 * f) < canvas_h
+        seen.add(f)
+    assert seen == {1, 2, 4, 8}
+
+
+@pytest.mark.parametrize("mix", ["none", "mosaic", "cutmix"])
+def test_fast_decode_keeps_boxes_and_pixels_close(mix, monkeypatch) -> None:
+    image = _smooth_textured()
+    jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    full = sources.decode_image(jpeg)
+    boxes = np.array([[10, 20, 300, 200], [320, 100, 630, 470]], np.float32)
+    labels = np.array([1, 2], np.int32)
+    lazy = sources.EncodedJpeg(jpeg, 480, 640)
+    reductions: list[int] = []
+    decode = sources.EncodedJpeg.decode
+
+    def counted(self, reduction: int = 1) -> np.ndarray:
+        reductions.append(reduction)
+        return decode(self, reduction)
+
+    monkeypatch.setattr(sources.EncodedJpeg, "decode", counted)
+    p = augment.AugmentParams()
+    n = augment.num_images(mix)
+    for canvas, reduced in (((608, 608), False), ((128, 160), True)):
+        del reductions[:]
+        differences = []
+        for seed in range(6):
+            outs = [
+                augment.augment(
+                    np.random.default_rng(seed),
+                    [augment.Sample(x, boxes, labels)] * n,
+                    canvas,
+                    p,
+                    mix,
+                )
+                for x in (full, lazy)
+            ]
+            np.testing.assert_array_equal(outs[0].boxes, outs[1].boxes)
+            np.testing.assert_array_equal(outs[0].labels, outs[1].labels)
+            differences.append(np.abs(outs[0].image.astype(int) - outs[1].image).mean())
+        if reduced:  # a quarter-pixel misalignment would give about 4 on average
+            assert np.mean(differences) < 1.5 and np.max(differences) < 3, differences
+        else:  # 640x480 onto 608 needs full resolution: the same pixels
+            assert np.max(differences) == 0
+        assert len(reductions) == 6 * n
+        assert (max(reductions) > 1) == reduced and set(reductions) <= {1, 2, 4}
+
+
+def test_fast_decode_switch_keeps_the_batches_boxes(config, monkeypatch) -> None:
+    reductions: list[int] = []
+    decode = sources.EncodedJpeg.decode
+
+    def counted(self, reduction: int = 1) -> np.ndarray:
+        reductions.append(reduction)
+        return decode(self, reduction)
+
+    monkeypatch.setattr(sources.EncodedJpeg, "decode", counted)
+    config.data.image_size = 64  # the tiny dataset's 100-128 px scenes: some at 1/2
+    config.data.fast_decode = False
+    slow = take(data.create_train_iterator(config, seed=2), 3)
+    assert not reductions
+    config.data.fast_decode = True
+    fast = take(data.create_train_iterator(config, seed=2), 3)
+    assert max(reductions) > 1
+    for a, b in zip(fast, slow, strict=True):
+        for key in ("boxes", "labels", "mask"):
+            np.testing.assert_array_equal(a[key], b[key])
+        assert np.abs(a["image"].astype(int) - b["image"]).mean() < 2

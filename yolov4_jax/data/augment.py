@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -25,10 +25,26 @@ Rect = tuple[float, float, float, float]  # (x0, y0, x1, y1), continuous pixel c
 LETTERBOX_FILL = 127
 
 
-class Sample(NamedTuple):
-    """One image with its boxes: ``image`` uint8 [H, W, 3]; ``boxes`` float32 [N, 4] pixel xyxy."""
+class EncodedImage(Protocol):
+    """An image decoded when it is rendered (sources.EncodedJpeg), at the resolution needed.
 
-    image: np.ndarray
+    ``shape`` is the full image's; ``decode(f)`` gives uint8 [ceil(H / f), ceil(W / f), 3] RGB
+    whose pixel j covers full-resolution pixels [f j, f j + f), for f in 1, 2, 4, 8.
+    """
+
+    shape: tuple[int, int, int]
+
+    def decode(self, reduction: int) -> np.ndarray: ...
+
+
+class Sample(NamedTuple):
+    """One image with its boxes: ``image`` uint8 [H, W, 3]; ``boxes`` float32 [N, 4] pixel xyxy.
+
+    Before augmentation ``image`` may also be an `EncodedImage`; the boxes are in its full
+    resolution's pixels either way.
+    """
+
+    image: np.ndarray | EncodedImage
     boxes: np.ndarray
     labels: np.ndarray
 
@@ -104,6 +120,32 @@ def canvas_rect(crop: Rect, canvas_hw: tuple[int, int], letterbox: bool) -> Rect
     return cx - half_w, cy - half_h, cx + half_w, cy + half_h
 
 
+def reduction_for(rect: Rect, canvas_hw: tuple[int, int]) -> int:
+    """The largest f in 1, 2, 4, 8 whose 1/f-size source still has the canvas's resolution.
+
+    ``rect`` maps onto the whole canvas, so the source is sampled at cw / rect width canvas
+    pixels per source pixel (and likewise in y); a 1/f decode keeps every canvas pixel's
+    detail while that is at most 1/f in both axes.
+    """
+    ch, cw = canvas_hw
+    x0, y0, x1, y1 = rect
+    scale = max(cw / (x1 - x0), ch / (y1 - y0))  # canvas pixels per source pixel
+    for f in (8, 4, 2):
+        if scale * f <= 1.0:
+            return f
+    return 1
+
+
+def _decoded(
+    image: np.ndarray | EncodedImage, rect: Rect, canvas_hw: tuple[int, int]
+) -> tuple[np.ndarray, int]:
+    """(pixels, reduction): an encoded image decoded at `reduction_for` of its rect."""
+    if isinstance(image, np.ndarray):
+        return image, 1
+    reduction = reduction_for(rect, canvas_hw)
+    return image.decode(reduction), reduction
+
+
 def _crop_padded(
     image: np.ndarray, u0: int, v0: int, u1: int, v1: int, fill: Sequence[float]
 ) -> np.ndarray:
@@ -129,6 +171,7 @@ def warp(
     window: Rect | None = None,
     fill: Sequence[float] | float = 0,
     hsv: tuple[float, float, float] | None = None,
+    reduction: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps source ``rect`` onto a ``canvas_hw`` canvas (optionally flipped) and renders ``window``.
 
@@ -137,6 +180,9 @@ def warp(
     as darknet's cv::resize. The crop is rounded to whole source pixels, which is 7x faster than
     cv2.warpAffine; the boxes use the exact map of the rounded crop, so they follow the pixels.
     ``hsv`` (from `hsv_params`) is applied on whichever of crop and output has fewer pixels.
+    ``image`` may be the source decoded at 1/``reduction`` of its size (`EncodedImage`) while
+    ``rect`` and ``boxes`` stay in full-resolution pixels: the boxes come out the same and the
+    pixels are sampled at the same places (`_render_reduced`).
     Returns the window image and the boxes in window pixels (unclipped; see `clip_boxes`).
     """
     ch, cw = canvas_hw
@@ -151,15 +197,19 @@ def warp(
     v1 = max(round(y0 + wy1 / sy), v0 + 1)
     if np.isscalar(fill):
         fill = (fill, fill, fill)
-    crop = _crop_padded(image, u0, v0, u1, v1, fill)
-    small_crop = crop.shape[0] * crop.shape[1] <= out_w * out_h
-    if small_crop:
-        crop = apply_hsv(crop, hsv) if hsv is not None else crop
-        crop = cv2.flip(crop, 1) if flip else crop
-    out = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    if not small_crop:
-        out = cv2.flip(out, 1) if flip else out
+    if reduction > 1:  # the source has more pixels than the output: HSV last
+        out = _render_reduced(image, (u0, v0, u1, v1), (out_h, out_w), reduction, flip, fill)
         out = apply_hsv(out, hsv) if hsv is not None else out
+    else:
+        crop = _crop_padded(image, u0, v0, u1, v1, fill)
+        small_crop = crop.shape[0] * crop.shape[1] <= out_w * out_h
+        if small_crop:
+            crop = apply_hsv(crop, hsv) if hsv is not None else crop
+            crop = cv2.flip(crop, 1) if flip else crop
+        out = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        if not small_crop:
+            out = cv2.flip(out, 1) if flip else out
+            out = apply_hsv(out, hsv) if hsv is not None else out
     ax, ay = out_w / (u1 - u0), out_h / (v1 - v0)
     bx = (boxes[:, 0::2] - u0) * ax
     if flip:
@@ -167,6 +217,37 @@ def warp(
     by = (boxes[:, 1::2] - v0) * ay
     new = np.stack([bx[:, 0], by[:, 0], bx[:, 1], by[:, 1]], axis=1)
     return out, new.astype(np.float32)
+
+
+def _render_reduced(
+    image: np.ndarray,
+    crop: tuple[int, int, int, int],
+    out_hw: tuple[int, int],
+    reduction: int,
+    flip: bool,
+    fill: Sequence[float],
+) -> np.ndarray:
+    """Full-resolution ``crop`` (u0, v0, u1, v1) resized to ``out_hw`` from a 1/``reduction`` image.
+
+    Samples where cv2.resize of the full-resolution crop does: output pixel d's centre is at
+    full-resolution u0 + (d + .5) (u1 - u0) / out_w, and reduced pixel j's centre at f (j + .5).
+    The crop's edges need not fall on reduced pixels, so one cv2.warpAffine (bilinear, ``fill``
+    outside the image) does it; it downscales by at most 2 after the decode's f x f averaging.
+    """
+    u0, v0, u1, v1 = crop
+    out_h, out_w = out_hw
+    ax, ay = (u1 - u0) / (reduction * out_w), (v1 - v0) / (reduction * out_h)
+    bx, by = u0 / reduction + 0.5 * ax - 0.5, v0 / reduction + 0.5 * ay - 0.5
+    if flip:  # output column d shows column out_w - 1 - d
+        bx, ax = bx + (out_w - 1) * ax, -ax
+    return cv2.warpAffine(
+        image,
+        np.array([[ax, 0.0, bx], [0.0, ay, by]]),
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=tuple(float(v) for v in np.round(fill)),
+    )
 
 
 def clip_boxes(
@@ -237,12 +318,15 @@ def random_hsv(
     return apply_hsv(image, hsv_params(rng, hue, saturation, exposure))
 
 
-def _fill_value(image: np.ndarray, letterbox: bool) -> tuple[float, float, float]:
+def _fill_value(
+    image: np.ndarray, letterbox: bool, reduction: int = 1
+) -> tuple[float, float, float]:
     # Darknet pads jitter crops with the image's mean colour (image_data_augmentation) and
-    # letterboxes with grey.
+    # letterboxes with grey. Every 8th full-resolution pixel: every (8 / f)th of a 1/f image.
     if letterbox:
         return (LETTERBOX_FILL,) * 3
-    small = image[::8, ::8].reshape(-1, 3)
+    step = max(8 // reduction, 1)
+    small = image[::step, ::step].reshape(-1, 3)
     return tuple(float(v) for v in small.mean(axis=0))
 
 
@@ -277,24 +361,31 @@ def resize_to_canvas(sample: Sample, canvas_hw: tuple[int, int], letterbox: bool
 
 def _geometric(
     rng: np.random.Generator, sample: Sample, canvas_hw: tuple[int, int], p: AugmentParams
-) -> tuple[Rect, bool, tuple[float, float, float]]:
+) -> tuple[Rect, bool]:
     h, w = sample.image.shape[:2]
     crop = jitter_crop(rng, h, w, p.jitter)
     flip = bool(p.flip and rng.random() < 0.5)
-    return (
-        canvas_rect(crop, canvas_hw, p.letterbox),
-        flip,
-        _fill_value(sample.image, p.letterbox),
-    )
+    return canvas_rect(crop, canvas_hw, p.letterbox), flip
 
 
 def augment_single(
     rng: np.random.Generator, sample: Sample, canvas_hw: tuple[int, int], p: AugmentParams
 ) -> Sample:
     """Darknet's per-image augmentation: jitter crop, stretch to the canvas, flip, HSV."""
-    rect, flip, fill = _geometric(rng, sample, canvas_hw, p)
+    rect, flip = _geometric(rng, sample, canvas_hw, p)
     hsv = hsv_params(rng, p.hue, p.saturation, p.exposure)
-    image, boxes = warp(sample.image, sample.boxes, rect, canvas_hw, flip=flip, fill=fill, hsv=hsv)
+    pixels, reduction = _decoded(sample.image, rect, canvas_hw)
+    fill = _fill_value(pixels, p.letterbox, reduction)
+    image, boxes = warp(
+        pixels,
+        sample.boxes,
+        rect,
+        canvas_hw,
+        flip=flip,
+        fill=fill,
+        hsv=hsv,
+        reduction=reduction,
+    )
     ch, cw = canvas_hw
     boxes, labels = clip_boxes(boxes, sample.labels, cw, ch, p.min_box_size, p.min_visible)
     return Sample(image, boxes, labels)
@@ -322,7 +413,7 @@ def mosaic(
     out = np.empty((ch, cw, 3), np.uint8)
     all_boxes, all_labels = [], []
     for i, sample in enumerate(samples):
-        rect, flip, fill = _geometric(rng, sample, canvas_hw, p)
+        rect, flip = _geometric(rng, sample, canvas_hw, p)
         h, w = sample.image.shape[:2]
         sx, sy = cw / (rect[2] - rect[0]), ch / (rect[3] - rect[1])
         # Padding (in canvas pixels) the jitter crop added on each side of the image.
@@ -343,15 +434,17 @@ def mosaic(
         wy0 = top if bottom_side else ch - cut_y - bot
         window = (wx0, wy0, wx0 + qx1 - qx0, wy0 + qy1 - qy0)
         hsv = hsv_params(rng, p.hue, p.saturation, p.exposure)
+        pixels, reduction = _decoded(sample.image, rect, canvas_hw)
         out[qy0:qy1, qx0:qx1], boxes = warp(
-            sample.image,
+            pixels,
             sample.boxes,
             rect,
             canvas_hw,
             flip=flip,
             window=window,
-            fill=fill,
+            fill=_fill_value(pixels, p.letterbox, reduction),
             hsv=hsv,
+            reduction=reduction,
         )
         boxes, labels = clip_boxes(
             boxes, sample.labels, qx1 - qx0, qy1 - qy0, p.min_box_size, p.min_visible

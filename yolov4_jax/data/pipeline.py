@@ -151,12 +151,17 @@ class _StepSource:
 
 
 class _BatchTransform(grain.transforms.Map):
-    """Shared part of the train and eval transforms: lazy, picklable access to the records."""
+    """Shared part of the train and eval transforms: lazy, picklable access to the records.
 
-    def __init__(self, builder_dir: str, split: str, workers: int):
+    With ``deferred`` (training with data.fast_decode), `read` leaves JPEGs encoded for the
+    augmentation to decode at the resolution its canvas needs (sources.EncodedJpeg).
+    """
+
+    def __init__(self, builder_dir: str, split: str, workers: int, deferred: bool = False):
         self._builder_dir = builder_dir
         self._split = split
         self._in_worker = workers > 0
+        self._deferred = deferred
         self._source = None
         self._lock = threading.Lock()
 
@@ -185,10 +190,11 @@ class _BatchTransform(grain.transforms.Map):
 
     def read(self, key: int) -> tuple[Sample, int]:
         record = self.source()[int(key)]
+        where = f"{self._builder_dir} split {self._split} record {key}"
         try:
-            return sources.decode(record)
+            return sources.decode(record, deferred=self._deferred, where=where)
         except ValueError as e:
-            raise ValueError(f"{self._builder_dir} split {self._split} record {key}: {e}") from e
+            raise ValueError(f"{where}: {e}") from e
 
 
 class _ShardedBatches(_BatchTransform):
@@ -204,8 +210,9 @@ class _ShardedBatches(_BatchTransform):
         process_index: int,
         process_count: int,
         seed: int,
+        deferred: bool = False,
     ):
-        super().__init__(builder_dir, split, workers)
+        super().__init__(builder_dir, split, workers, deferred)
         shard = num_records // process_count  # equal shards: no process waits for another
         if shard < 1:
             raise ValueError(f"{num_records} records cannot feed {process_count} processes")
@@ -262,6 +269,7 @@ class _TrainBatches(_ShardedBatches):
             process_index=process_index,
             process_count=process_count,
             seed=seed,
+            deferred=config.data.fast_decode,
         )
         self._config = ml_collections.ConfigDict(config.to_dict())
         self._params = augment_params(config)

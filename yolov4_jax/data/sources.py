@@ -163,19 +163,155 @@ def dataset_info_from_builder(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
     )
 
 
+# cv2 5 (and 4.10+) decodes straight to RGB, which saves a cvtColor of the whole image.
+_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_COLOR = cv2.IMREAD_COLOR if _RGB is None else _RGB
+# libjpeg's DCT scaling: the JPEG decoded at 1/f of its size for a fraction of the cost.
+_REDUCED = {
+    f: (getattr(cv2, f"IMREAD_REDUCED_COLOR_{f}") & ~cv2.IMREAD_COLOR) | _COLOR for f in (2, 4, 8)
+}
+# Markers that may come between a JPEG's start and its frame header: APPn, DQT, DHT, DRI, COM.
+_HEADER_SEGMENTS = {*range(0xE0, 0xF0), 0xDB, 0xC4, 0xDD, 0xFE}
+_SUPPORTED_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag (1-8) of an Exif block's first IFD; 1 if absent, None if malformed."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+
+    def u16(at: int) -> int:
+        return int.from_bytes(tiff[at : at + 2], order)
+
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    for k in range(u16(ifd)):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(tiff):
+            return None
+        if u16(entry) == 0x0112:  # Orientation, a SHORT stored in the entry itself
+            return u16(entry + 8)
+    return 1
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(stored height, stored width, Exif orientation) of an 8-bit Huffman JPEG, or None."""
+    if not isinstance(data, bytes) or data[:2] != b"\xff\xd8":
+        return None
+    orientation, pos = 1, 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker in _SUPPORTED_FRAMES:
+            if len(segment) < 6 or segment[0] != 8:  # 8-bit samples only
+                return None
+            height, width = (int.from_bytes(segment[i : i + 2], "big") for i in (1, 3))
+            return (height, width, orientation) if height and width else None
+        if marker not in _HEADER_SEGMENTS:
+            return None
+        if marker == 0xE1 and segment[:6] == b"Exif\0\0":
+            orientation = _exif_orientation(segment[6:])
+            if orientation is None:
+                return None
+        pos += 2 + length
+    return None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of an 8-bit Huffman JPEG as `decode_image` returns it, from its header.
+
+    Reads the frame header (SOF0-2) and the Exif orientation, which cv2 applies (5-8 swap the
+    sides). None for anything else or unexpected: not a JPEG, other frame types, a height left
+    to a DNL marker, a malformed segment.
+    """
+    header = _jpeg_header(data)
+    if header is None:
+        return None
+    height, width, orientation = header
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 def decode_image(data: Any) -> np.ndarray:
     """Encoded bytes (or an already decoded array) -> uint8 [H, W, 3] RGB."""
     if isinstance(data, np.ndarray) and data.ndim == 3:
         return data if data.shape[-1] == 3 else cv2.cvtColor(data, cv2.COLOR_GRAY2RGB)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _COLOR)
     if image is None:
         raise ValueError("undecodable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image if _RGB is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode(record: dict[str, Any]) -> tuple[Sample, int]:
-    """A source record -> (sample with pixel xyxy boxes, image id). Crowd boxes are dropped."""
-    image = decode_image(record["image"])
+class EncodedJpeg:
+    """A JPEG left encoded until the augmentation knows the resolution it needs.
+
+    ``shape`` is the full image's (from `jpeg_size`); ``decode(f)`` decodes at 1/f of it with
+    libjpeg's DCT scaling (``cv2.IMREAD_REDUCED_COLOR_f``): ceil(H / f) x ceil(W / f) pixels,
+    pixel j covering full-resolution pixels [f j, f j + f). See augment.reduction_for.
+    """
+
+    def __init__(self, data: bytes, height: int, width: int, where: str = ""):
+        self._data = data
+        self.shape = (height, width, 3)
+        self._where = where
+
+    def _error(self, message: str) -> ValueError:
+        return ValueError(f"{self._where}: {message}" if self._where else message)
+
+    def decode(self, reduction: int = 1) -> np.ndarray:
+        """uint8 [ceil(H / reduction), ceil(W / reduction), 3] RGB; reduction 1, 2, 4 or 8."""
+        h, w = self.shape[:2]
+        if reduction == 1:
+            image = None
+        else:
+            image = cv2.imdecode(np.frombuffer(self._data, np.uint8), _REDUCED[reduction])
+            if image is None:
+                raise self._error("undecodable image")
+            if _RGB is None:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        want = (-(-h // reduction), -(-w // reduction))
+        if image is not None and image.shape[:2] == want:
+            return image
+        # Full resolution, or a reduced decode of an unexpected size: decode it all.
+        try:
+            image = decode_image(self._data)
+        except ValueError as e:
+            raise self._error(str(e)) from e
+        if image.shape[:2] != (h, w):
+            raise self._error(
+                f"decodes to {image.shape[1]}x{image.shape[0]} but its header says {w}x{h} "
+                "(config.data.fast_decode=False reads the size from the decoded image)"
+            )
+        if reduction == 1:
+            return image
+        return cv2.resize(image, want[::-1], interpolation=cv2.INTER_AREA)
+
+
+def decode(
+    record: dict[str, Any], *, deferred: bool = False, where: str = ""
+) -> tuple[Sample, int]:
+    """A source record -> (sample with pixel xyxy boxes, image id). Crowd boxes are dropped.
+
+    With ``deferred``, a JPEG whose header gives its size stays an `EncodedJpeg` (the sample's
+    ``image``), which the augmentation decodes at the resolution its canvas needs; ``where``
+    names the record in its decoding errors. Other images are decoded here, and so are Exif
+    rotated or mirrored JPEGs: cv2 turns them after the reduced decode, so the f x f blocks
+    would start at the far edge of a reversed axis.
+    """
+    header = _jpeg_header(record["image"]) if deferred else None
+    if header is not None and header[2] == 1:
+        image = EncodedJpeg(record["image"], header[0], header[1], where)
+    else:
+        image = decode_image(record["image"])
     h, w = image.shape[:2]
     objects = record.get("objects", {})
     bbox = np.asarray(objects.get("bbox", []), np.float32).reshape(-1, 4)
