@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import ablate, evolve
+from experiments import ablate, evolve, genetic
 
 SEARCH = """
 BASE = "configs/test_tiny.py"
@@ -46,10 +46,10 @@ def fake_train(config, run_dir):
 
 
 GENES = (
-    evolve.Gene("a.f", "float", 0.5, 2.0),
-    evolve.Gene("a.l", "log", 1e-4, 1.0),
-    evolve.Gene("a.i", "int", 1, 5),
-    evolve.Gene("a.c", "choice", choices=("x", "y", (1, 2))),
+    genetic.Gene("a.f", "float", 0.5, 2.0),
+    genetic.Gene("a.l", "log", 1e-4, 1.0),
+    genetic.Gene("a.i", "int", 1, 5),
+    genetic.Gene("a.c", "choice", choices=("x", "y", (1, 2))),
 )
 
 
@@ -57,14 +57,14 @@ def test_mutation_stays_in_bounds_for_every_kind():
     rng = np.random.default_rng(0)
     start = {"a.f": 1.9, "a.l": 2e-4, "a.i": 5, "a.c": (1, 2)}
     for _ in range(500):
-        child = evolve.mutate(start, GENES, rng, prob=1.0, scale=0.5)
+        child = genetic.mutate(start, GENES, rng, prob=1.0, scale=0.5)
         assert 0.5 <= child["a.f"] <= 2.0 and 1e-4 <= child["a.l"] <= 1.0
         assert isinstance(child["a.i"], int) and 1 <= child["a.i"] <= 5
         assert child["a.c"] in ("x", "y")  # a mutated choice is one of the others
-        random = evolve.random_candidate(GENES, rng)
+        random = genetic.random_candidate(GENES, rng)
         assert 0.5 <= random["a.f"] <= 2.0 and 1e-4 <= random["a.l"] <= 1.0
         assert 1 <= random["a.i"] <= 5 and random["a.c"] in GENES[3].choices
-    unchanged = evolve.mutate(start, GENES, rng, prob=1e-9, scale=0.5)
+    unchanged = genetic.mutate(start, GENES, rng, prob=1e-9, scale=0.5)
     assert unchanged == start
 
 
@@ -89,7 +89,7 @@ def test_crossover_only_mixes_the_parents_values():
     a = {"a.f": 0.5, "a.l": 1e-4, "a.i": 1, "a.c": "x"}
     b = {"a.f": 2.0, "a.l": 1.0, "a.i": 5, "a.c": "y"}
     rng = np.random.default_rng(2)
-    children = [evolve.crossover(a, b, rng) for _ in range(200)]
+    children = [genetic.crossover(a, b, rng) for _ in range(200)]
     for child in children:
         assert all(child[k] in (a[k], b[k]) for k in a)
     for k in a:  # uniform crossover: both parents give every field sometimes
@@ -97,9 +97,9 @@ def test_crossover_only_mixes_the_parents_values():
 
 
 def test_generations_are_deterministic_for_a_seed(tmp_path):
-    search = evolve.load_search(_write(tmp_path))
-    gen0 = evolve.generation_candidates(search, 0, [])
-    assert gen0 == evolve.generation_candidates(search, 0, [])
+    search = genetic.load_search(_write(tmp_path))
+    gen0 = genetic.generation_candidates(search, 0, [])
+    assert gen0 == genetic.generation_candidates(search, 0, [])
     assert (
         gen0[0]
         == search.start
@@ -115,11 +115,11 @@ def test_generations_are_deterministic_for_a_seed(tmp_path):
         {"generation": 0, "index": i, "overrides": c, "fitness": f}
         for i, (c, f) in enumerate(zip(gen0, [0.3, -math.inf, 0.5, 0.1], strict=True))
     ]
-    gen1 = evolve.generation_candidates(search, 1, history)
-    assert gen1 == evolve.generation_candidates(search, 1, history)
+    gen1 = genetic.generation_candidates(search, 1, history)
+    assert gen1 == genetic.generation_candidates(search, 1, history)
     assert not any(c in gen0 for c in gen1)  # never an evaluated candidate again
-    other = evolve.load_search(_write(tmp_path, SEARCH.replace("SEED = 7", "SEED = 8"), "s8.py"))
-    assert evolve.generation_candidates(other, 0, [])[1:] != gen0[1:]
+    other = genetic.load_search(_write(tmp_path, SEARCH.replace("SEED = 7", "SEED = 8"), "s8.py"))
+    assert genetic.generation_candidates(other, 0, [])[1:] != gen0[1:]
 
 
 def test_search_finds_better_candidates_and_writes_best_config(tmp_path):
@@ -258,8 +258,8 @@ def test_set_of_a_searched_field_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["demo", "test_tiny"])
 def test_committed_searches_load(name):
-    search = evolve.load_search(os.path.join(evolve.ROOT, "configs", "evolve", f"{name}.py"))
-    for candidate in evolve.generation_candidates(search, 0, []):
+    search = genetic.load_search(os.path.join(evolve.ROOT, "configs", "evolve", f"{name}.py"))
+    for candidate in genetic.generation_candidates(search, 0, []):
         ablate.make_config(search.base, candidate, 0, {})
 
 
