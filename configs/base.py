@@ -12,7 +12,8 @@ import ml_collections
 def _model() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     # yolov4 | yolov4_tiny | yolov4_csp | cfg (a darknet cfg file, `cfg_path`) | cspdarknet53
-    # (the backbone as a classifier, for config.task=classification)
+    # (the backbone as a classifier, for config.task=classification) | cspresnext50 (the
+    # paper's other classifier backbone, csresnext50.cfg; that cfg is activation=leaky)
     m.name = "yolov4"
     m.cfg_path = ""  # darknet .cfg used when name == "cfg"
     m.weights = ""  # darknet .weights (or yolov4.conv.137-style partial file) to start from

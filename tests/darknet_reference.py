@@ -3,9 +3,9 @@
 This module deliberately shares no code with `yolov4_jax`: it has its own cfg parser, its
 own shape bookkeeping, its own `.weights` reader/writer and its own layer kernels, all in
 float64 and NHWC. It follows AlexeyAB/darknet's C code (parser.c, convolutional_layer.c,
-maxpool_layer.c, route_layer.c, shortcut_layer.c, upsample_layer.c, activations.c) for the
-layer types that yolov4.cfg, yolov4-tiny.cfg and yolov4-csp.cfg use, and refuses anything
-else rather than guessing.
+maxpool_layer.c, route_layer.c, shortcut_layer.c, upsample_layer.c, avgpool_layer.c,
+activations.c) for the layer types that yolov4.cfg, yolov4-tiny.cfg, yolov4-csp.cfg and
+csresnext50.cfg use, and refuses anything else rather than guessing.
 
 Public entry points:
 
@@ -207,13 +207,17 @@ def plan_network(
                     raise NotImplementedError(f"{where}: weighted shortcut is not modelled")
             sources = [_resolve(i, index) for i in sec.get_ints("from")]
             for s in sources:
-                if layers[s].out_shape != shape:
+                # Different depths are darknet's partial residual (see _layer_forward).
+                if layers[s].out_shape[:2] != shape[:2]:
                     raise NotImplementedError(
                         f"{where}: shortcut between shapes {layers[s].out_shape} and {shape}"
                     )
             activation = _check_activation(sec.get_str("activation", "linear"), where)
             params = dict(layers=sources, activation=activation)
             out = shape
+        elif sec.name in ("avgpool", "avg"):
+            params = {}
+            out = (1, 1, c)
         elif sec.name in ("yolo", "region"):
             params = {}
             out = shape
@@ -521,10 +525,18 @@ def _layer_forward(
             parts.append(src[..., p["group_id"] * chunk : (p["group_id"] + 1) * chunk])
         y = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     elif layer.kind == "shortcut":
-        y = x
+        # blas.c::shortcut_multilayer_cpu over darknet's flat [C, H, W] image: out[i] = in[i],
+        # plus add[i] where i < the added layer's size (a shallower layer adds into the
+        # leading channels only; the output has the previous layer's size).
+        n, h, w, c = x.shape
+        flat = x.transpose(0, 3, 1, 2).reshape(n, -1).copy()
         for source in p["layers"]:
-            y = y + outputs[source]
-        y = activate(y, p["activation"])
+            add = outputs[source].transpose(0, 3, 1, 2).reshape(n, -1)
+            common = min(flat.shape[1], add.shape[1])
+            flat[:, :common] += add[:, :common]
+        y = activate(flat.reshape(n, c, h, w).transpose(0, 2, 3, 1), p["activation"])
+    elif layer.kind in ("avgpool", "avg"):
+        y = x.mean(axis=(1, 2), keepdims=True)  # avgpool_layer.c: the mean of each channel
     elif layer.kind in ("yolo", "region"):
         y = x
     else:  # plan_network has already refused it

@@ -238,3 +238,30 @@ def test_demo_classifier_learns(tmp_path):
     assert metrics["eval/images"] == 1000
     assert metrics["eval/top1"] > 0.2, metrics
     assert metrics["eval/top5"] > 0.8, metrics
+
+
+def test_cspresnext50_classifier_runs(tmp_path, tiny_cls_data_dir):
+    """A couple of steps of the train loop with model.name=cspresnext50 (csresnext50.cfg's
+    leaky, width 1/8), then evaluation and the checkpoint reloads as the same network."""
+    from configs import test_tiny_classifier
+    from yolov4_jax import checkpoints
+
+    config = test_tiny_classifier.get_config()
+    config.data.data_dir = tiny_cls_data_dir
+    config.model.name = "cspresnext50"
+    config.model.activation = "leaky"
+    config.optim.subdivisions = 1
+    config.optim.max_batches = 2
+    config.optim.burn_in = 1
+    config.train.log_every = 1
+    workdir = str(tmp_path / "cls")
+    metrics = train.train_and_evaluate(config, workdir)
+    assert metrics["eval/images"] == 20
+    assert 0.0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1.0
+    assert np.isfinite(metrics["eval/loss"])
+    _, model, variables, classes = checkpoints.load_for_inference(workdir, "latest")
+    assert model.layers == factory.model_layers(config.model, num_classes=len(classes))
+    # grouped 3x3s: blocks (1, 1, 2, 1) at depth 0.33, and the downsampling of stages 2-4
+    assert sum(isinstance(s, specs.Conv) and s.groups > 1 for s in model.layers) == 5 + 3
+    logits = model.apply(variables, jnp.zeros((1, 32, 32, 3)))
+    assert logits.shape == (1, 1, 1, len(classes))

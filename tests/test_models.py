@@ -6,6 +6,7 @@ Shapes come from `jax.eval_shape` (no compilation); a few combinations also run 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import pytest
 
 from configs import base
 from yolov4_jax import darknet
-from yolov4_jax.models import Network, factory, output_shapes, specs
+from yolov4_jax.models import Network, builder, cspresnext, factory, output_shapes, specs
 
 SIZE = 64
 
@@ -267,3 +268,170 @@ def test_mish_matches_the_textbook_form_and_darknets_threshold():
     grad = jax.vmap(jax.grad(layers.mish))(x)
     assert bool(jnp.all(jnp.isfinite(grad)))
     np.testing.assert_allclose(grad[x > 21.0], 1.0)  # the identity above the threshold
+
+
+# darknet's csresnext50.cfg, read from its text: per stage, the filters of the blocks and of the
+# grouped 3x3 (a stage outputs twice as many) and the number of residual blocks.
+_CSRESNEXT50_STAGES = ((128, 3), (256, 3), (512, 5), (1024, 2))
+
+
+def _csresnext50_cfg_parameters() -> int:
+    """Trainable parameters of csresnext50.cfg (kernels, BN scale and offset, the logits' bias),
+    counted from the cfg's layer sequence, independently of the builder."""
+
+    def conv(c_in, filters, size, groups=1, bn=True):
+        return size * size * (c_in // groups) * filters + (2 if bn else 1) * filters
+
+    total = conv(3, 64, 7)  # stem, then a 2x2 max-pool: 64 channels
+    total += conv(64, 128, 1) + conv(64, 64, 1)  # stage 1's two 1x1 paths
+    c = 64  # the first block adds its 64-channel input into 128 channels (partial residual)
+    for _ in range(3):
+        total += conv(c, 128, 1) + conv(128, 128, 3, 32) + conv(128, 128, 1)
+        c = 128
+    total += conv(128, 128, 1) + conv(256, 256, 1)  # transition, concat of 128 + 128, 1x1
+    for filters, blocks in _CSRESNEXT50_STAGES[1:]:
+        total += conv(filters, filters, 3, 32)  # stride-2 grouped 3x3 on the last stage's output
+        total += 2 * conv(filters, filters, 1)  # the two 1x1 paths
+        total += blocks * (2 * conv(filters, filters, 1) + conv(filters, filters, 3, 32))
+        total += conv(filters, filters, 1) + conv(2 * filters, 2 * filters, 1)
+    return total + conv(2048, 1000, 1, bn=False)
+
+
+def test_cspresnext50_is_csresnext50_cfg():
+    """At width 1 and depth 1: darknet's csresnext50.cfg layer for layer (its [softmax] is the
+    loss's), with the cfg's parameter count and stage strides."""
+    layers = factory.model_layers(
+        _config(name="cspresnext50", width=1.0, depth=1.0, activation="leaky"), 1000
+    )
+    assert layers == cspresnext.cspresnext50_classifier_layers()  # the builder's defaults
+    assert len(layers) == 83  # the cfg's layers 0..82
+    assert layers[:2] == (specs.Conv(64, 7, 2, 3, 1, True, "leaky"), specs.MaxPool(2, 2, 1))
+    assert layers[-2:] == (specs.AvgPool(), specs.Conv(1000, 1, 1, 0, 1, False, "linear"))
+    # Stage outputs where the cfg has them (csresnext50-panet-spp.cfg's "19:104x104 38:52x52
+    # 65:26x26 80:13x13 for 416"), strides 4, 8, 16, 32.
+    shapes = output_shapes(layers, 256, 256)
+    assert [shapes[i] for i in (19, 38, 65, 80)] == [
+        (64, 64, 256),
+        (32, 32, 512),
+        (16, 16, 1024),
+        (8, 8, 2048),
+    ]
+    assert max(256 // h for h, _, _ in shapes[:81]) == 32  # output stride 32 before the pool
+    convs = [s for s in layers if isinstance(s, specs.Conv)]
+    grouped = [s for s in convs if s.groups != 1]
+    assert len(grouped) == 16 and all(s.groups == 32 and s.size == 3 for s in grouped)
+    assert [s.stride for s in grouped].count(2) == 3
+    shortcuts = [s for s in layers if isinstance(s, specs.Shortcut)]
+    assert len(shortcuts) == 13 and {s.activation for s in shortcuts} == {"leaky"}
+    assert shapes[shortcuts[0].layers[0]][2] == 64 and shapes[8][2] == 128  # partial residual
+    # Linear: each block's last 1x1, the split convs of stages 2 and 3, the logits.
+    assert sum(s.activation == "linear" for s in convs) == 13 + 4 + 1
+    assert {s.activation for s in convs} == {"leaky", "linear"}
+
+    expected = _csresnext50_cfg_parameters()
+    assert expected == 20_557_480  # also counted from the cfg's text when this was written
+    model = factory.create_model(_config(name="cspresnext50", width=1.0, depth=1.0), 1000)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"])) == expected
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.125, 0.25, 0.5])
+def test_cspresnext50_width_keeps_groups_valid(width):
+    """Width scales every conv's filters as in CSPDarknet53; the grouped 3x3 keeps cardinality
+    32 where the filters allow, else gcd(32, filters), which divides its input and output."""
+    layers = factory.model_layers(_config(name="cspresnext50", width=width, depth=1.0), 10)
+    full = cspresnext.cspresnext50_classifier_layers(10)
+    shapes = output_shapes(layers, 64, 64)
+    inputs = [3] + [c for _, _, c in shapes[:-1]]
+    for i, (s, s_full) in enumerate(zip(layers, full, strict=True)):
+        if not isinstance(s, specs.Conv) or i == len(layers) - 1:
+            continue
+        assert s.filters == builder.scale_width(s_full.filters, width)
+        if s_full.groups != 1:
+            assert s.groups == math.gcd(32, s.filters)
+            assert inputs[i] % s.groups == 0 and s.filters % s.groups == 0
+    # width 1/8: stage 1's 16 channels go depthwise; stage 2 on keeps 32 groups.
+    if width == 0.125:
+        grouped = [
+            (s.filters, s.groups) for s in layers if isinstance(s, specs.Conv) and s.groups > 1
+        ]
+        assert grouped[0] == (16, 16) and grouped[-1] == (128, 32)
+
+
+def test_cspresnext50_switches():
+    def layers(**overrides):
+        return factory.model_layers(_config(name="cspresnext50", **overrides), 10)
+
+    leaky = layers(activation="leaky")
+    mish = layers(activation="mish")
+    # The activation switch replaces the cfg's leaky; the linear convs stay linear.
+    for a, b in zip(leaky, mish, strict=True):
+        if isinstance(a, specs.Conv | specs.Shortcut):
+            assert b.activation == ("linear" if a.activation == "linear" else "mish")
+    assert _count(leaky, specs.DropBlock) == 0
+    assert _count(layers(dropblock=0.1, dropblock_size=3), specs.DropBlock, block_size=3) == 4
+    # depth scales the blocks per stage (3, 3, 5, 2) as CSPDarknet53's: 0.34 -> (1, 1, 2, 1)
+    assert _count(layers(depth=1.0), specs.Shortcut) == 13
+    assert _count(leaky, specs.Shortcut) == 5
+    for key, value in [("neck", "fpn"), ("spp", False), ("attention", "sam")]:
+        with pytest.raises(ValueError, match=f"config.model.{key}.*cspresnext50 classifier"):
+            layers(**{key: value})
+
+
+def test_cspresnext50_forward_backward_tiny():
+    model = factory.create_model(_config(name="cspresnext50", width=0.0625), num_classes=5)
+    images = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 3))
+    labels = jnp.asarray([1, 3])
+    variables = jax.jit(model.init)(jax.random.key(1), images)
+
+    @jax.jit
+    def loss_and_grads(params):
+        def loss(p):
+            logits, _ = model.apply(
+                {"params": p, "batch_stats": variables["batch_stats"]},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            log_probs = jax.nn.log_softmax(logits.reshape(2, -1))
+            return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean(), logits
+
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (loss, logits), grads = loss_and_grads(variables["params"])
+    assert logits.shape == (2, 1, 1, 5)
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    kernels = [layer["kernel"] for layer in grads.values()]
+    assert len(kernels) == _count(model.layers, specs.Conv)
+    assert all(np.abs(np.asarray(k)).max() > 0 for k in kernels)  # every conv gets signal
+
+
+def test_partial_residual_adds_into_the_leading_channels():
+    """darknet's [shortcut] between layers of different depth (csresnext50.cfg's first block)."""
+    from yolov4_jax.models import network
+
+    x = jnp.arange(2 * 3 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 3, 4)
+    r = jnp.full((2, 3, 3, 2), 100.0)
+    out = np.asarray(network.add_residual(x, r))
+    np.testing.assert_array_equal(out[..., :2], np.asarray(x[..., :2]) + 100.0)
+    np.testing.assert_array_equal(out[..., 2:], np.asarray(x[..., 2:]))
+    # A deeper residual adds only its leading channels; the output keeps x's depth.
+    out = np.asarray(network.add_residual(r, x))
+    np.testing.assert_array_equal(out, 100.0 + np.asarray(x[..., :2]))
+    # Spatial sizes must agree; weighted shortcuts still need equal depths.
+    bad = [specs.Conv(4, 1), specs.Conv(2, 3, 2, 1), specs.Shortcut((0,))]
+    with pytest.raises(ValueError, match="layer 2 \\[shortcut\\]"):
+        output_shapes(bad, 8, 8)
+    weighted = [
+        specs.Conv(4, 1),
+        specs.Conv(2, 1),
+        specs.Shortcut((0,), weights_type="per_feature"),
+    ]
+    with pytest.raises(ValueError, match="layer 2 \\[shortcut\\]"):
+        output_shapes(weighted, 8, 8)
+    assert output_shapes([specs.Conv(4, 1), specs.Conv(2, 1), specs.Shortcut((0,))], 8, 8)[2] == (
+        8,
+        8,
+        2,
+    )

@@ -1,6 +1,7 @@
 """The YOLOv4 model family as layer lists run by one Flax module."""
 
 from yolov4_jax.models.csp import yolov4_csp_layers
+from yolov4_jax.models.cspresnext import cspresnext50_classifier_layers
 from yolov4_jax.models.network import Network, layer_name, output_shapes
 from yolov4_jax.models.tiny import yolov4_tiny_layers
 from yolov4_jax.models.transfer import transfer_backbone
@@ -8,6 +9,7 @@ from yolov4_jax.models.yolov4 import cspdarknet53_classifier_layers, yolov4_laye
 
 __all__ = [
     "cspdarknet53_classifier_layers",
+    "cspresnext50_classifier_layers",
     "transfer_backbone",
     "Network",
     "layer_name",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from yolov4_jax.models import specs
 
 
@@ -39,11 +41,23 @@ class Builder:
         return self.last
 
     def conv(
-        self, filters: int, size: int, activation: str, stride: int = 1, scale: bool = True
+        self,
+        filters: int,
+        size: int,
+        activation: str,
+        stride: int = 1,
+        scale: bool = True,
+        groups: int = 1,
     ) -> int:
-        """Conv + BN + activation with darknet's pad=1 (size // 2 on every side)."""
+        """Conv + BN + activation with darknet's pad=1 (size // 2 on every side).
+
+        `groups` is the count at width 1. Scaled filters get gcd(groups, filters) groups: the
+        same count wherever it divides them, else the largest divisor of both (for 32 groups
+        and filters a multiple of 8: 32, 16 or 8), so that the groups stay valid.
+        """
         f = scale_width(filters, self.width) if scale else filters
-        return self.add(specs.Conv(f, size, stride, size // 2, 1, True, activation))
+        g = math.gcd(groups, f)
+        return self.add(specs.Conv(f, size, stride, size // 2, g, True, activation))
 
     def route(self, *layers: int, groups: int = 1, group_id: int = 0) -> int:
         return self.add(specs.Route(tuple(layers), groups, group_id))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from yolov4_jax.models import csp, tiny, yolov4
+from yolov4_jax.models import csp, cspresnext, tiny, yolov4
 from yolov4_jax.models.network import Network
 
-VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cspdarknet53", "cfg")
+VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cspdarknet53", "cspresnext50", "cfg")
 # Classifiers (backbone pretraining, config.task == "classification").
-CLASSIFIERS = ("cspdarknet53",)
+CLASSIFIERS = ("cspdarknet53", "cspresnext50")
+_CLASSIFIER_BUILDERS = {
+    "cspdarknet53": yolov4.cspdarknet53_classifier_layers,
+    "cspresnext50": cspresnext.cspresnext50_classifier_layers,
+}
 
 
 def _head_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -61,8 +65,8 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
     classes = int(num_classes if num_classes is not None else c.num_classes)
     if c.name in ("yolov4_tiny", "yolov4_csp", *CLASSIFIERS):
         _check_switches(c)
-    if c.name == "cspdarknet53":
-        return yolov4.cspdarknet53_classifier_layers(
+    if c.name in CLASSIFIERS:
+        return _CLASSIFIER_BUILDERS[c.name](
             classes,
             activation=c.activation,
             dropblock_probability=c.dropblock,

@@ -11,6 +11,20 @@ import jax.numpy as jnp
 from yolov4_jax.models import layers, specs
 
 
+def add_residual(x: jax.Array, residual: jax.Array) -> jax.Array:
+    """darknet's [shortcut] sum of `x` (the previous layer) and `residual` (a `from` layer).
+
+    Layers of equal depth simply add. Otherwise the output keeps `x`'s channels and only the
+    leading channels the two share get the residual: a partial residual connection, as in
+    csresnext50.cfg's first block (blas.c::shortcut_multilayer_cpu adds only where the channel
+    index exists in both).
+    """
+    c = min(x.shape[-1], residual.shape[-1])
+    if c == x.shape[-1] == residual.shape[-1]:
+        return x + residual
+    return jnp.concatenate([x[..., :c] + residual[..., :c], x[..., c:]], axis=-1)
+
+
 def layer_name(index: int) -> str:
     """Variable-collection key of layer `index` (zero-padded so keys sort in layer order)."""
     return f"layer{index:03d}"
@@ -79,7 +93,8 @@ class Network(nn.Module):
             elif isinstance(spec, specs.Shortcut):
                 inputs = [x] + [outputs[j] for j in spec.layers]
                 if spec.weights_type == "none":
-                    x = sum(inputs[1:], inputs[0])
+                    for residual in inputs[1:]:
+                        x = add_residual(x, residual)
                 else:
                     x = layers.WeightedFusion(
                         spec.weights_type, spec.weights_normalization, name=name
@@ -126,8 +141,11 @@ def output_shapes(layer_specs, height: int, width: int, channels: int = 3):
             (h, w), c = hw.pop(), sum(shapes[j][2] // s.groups for j in s.layers)
         elif isinstance(s, specs.Shortcut | specs.Sam):
             refs = s.layers if isinstance(s, specs.Shortcut) else (s.layer,)
+            # A plain shortcut may join layers of different depth (`add_residual`); a weighted
+            # one and [sam] need equal shapes.
+            depth_may_differ = isinstance(s, specs.Shortcut) and s.weights_type == "none"
             for j in refs:
-                if shapes[j] != (h, w, c):
+                if shapes[j][:2] != (h, w) or not (depth_may_differ or shapes[j][2] == c):
                     raise ValueError(
                         f"layer {i} [{type(s).__name__.lower()}]: layer {j} has shape "
                         f"{shapes[j]}, the previous layer {(h, w, c)}"

@@ -62,6 +62,10 @@ class Route:
 class Shortcut:
     """darknet [shortcut]: previous layer plus `layers`, optionally with learned weights.
 
+    Without weights the layers may differ in depth: the output has the previous layer's
+    channels and each of `layers` adds into the leading channels it has
+    (`network.add_residual`, darknet's partial residual).
+
     `weights_type` "per_feature" or "per_channel" is the paper's weighted residual
     connection (MiWRC, BiFPN-style fusion); inputs are ordered (previous, *layers).
     """
