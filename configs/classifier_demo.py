@@ -4,7 +4,8 @@ classification dataset (10 classes: 5 shapes x 2 colour families, 64-96 px).
     python -m yolov4_jax.main --config=configs/classifier_demo.py --workdir=workdirs/cls_demo
 
 The backbone BoF of the paper's Table 2 is on (CutMix and Mosaic with labels mixed by area,
-label smoothing, Mish, DropBlock); the README records the accuracy it reaches and the time.
+label smoothing, Mish, DropBlock). It reaches top-1 .44 ± .05, top-5 .98 on the 1000
+validation images in about 2.6 minutes on a 2-core CPU (experiments/results/bof_classifier).
 A detector then starts from it with ``--config.model.backbone_checkpoint=workdirs/cls_demo``
 (the detector must use the same width, depth and activation).
 """
