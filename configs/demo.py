@@ -1,6 +1,6 @@
 """The README's main command: YOLOv4-tiny at half width on the embedded dataset, CPU-sized.
 
-`make demo` trains this on a 2-core CPU in about 11 minutes (dataset generation, compile,
+`make demo` trains this on a 2-core CPU in 8-11 minutes (dataset generation, compile,
 training, evaluation on the 500 validation images and the detection picture included) and
 reaches AP50 about .76, AP about .39 (README, "The demo"). The recipe is the paper's with
 smaller numbers: Mosaic, jitter, HSV, flips, CIoU, burn-in then cosine annealing; random shapes
