@@ -74,3 +74,27 @@ class Builder:
 
     def build(self) -> tuple[specs.Spec, ...]:
         return tuple(self.layers)
+
+
+def classifier_layers(
+    backbone,
+    num_classes: int,
+    activation: str,
+    dropblock_probability: float,
+    dropblock_size: int,
+    width: float,
+    depth: float,
+) -> tuple[specs.Spec, ...]:
+    """``backbone(b, activation, depth, dropblock)``'s layers as an image classifier: global
+    average pooling and a linear 1x1 conv to ``num_classes`` logits (darknet's [avgpool],
+    [convolutional] and [softmax]); DropBlock after each stage when its probability is > 0."""
+    b = Builder(width)
+    dropblock = (
+        specs.DropBlock(dropblock_probability, dropblock_size)
+        if dropblock_probability > 0
+        else None
+    )
+    backbone(b, activation, depth, dropblock)
+    b.add(specs.AvgPool())
+    b.add(specs.Conv(num_classes, 1, 1, 0, 1, False, "linear"))
+    return b.build()

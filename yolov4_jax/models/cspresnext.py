@@ -18,7 +18,7 @@ proportions; at width 1/8 stage 1's 16 channels make its 3x3 depthwise (16 group
 from __future__ import annotations
 
 from yolov4_jax.models import specs
-from yolov4_jax.models.builder import Builder, scale_depth
+from yolov4_jax.models.builder import Builder, classifier_layers, scale_depth
 
 CARDINALITY = 32
 # Filters inside each stage's blocks (and of its grouped 3x3); a stage outputs twice as many.
@@ -96,13 +96,6 @@ def cspresnext50_classifier_layers(
     depth: float = 1.0,
 ) -> tuple[specs.Spec, ...]:
     """CSPResNeXt-50 as an image classifier; the defaults are darknet's csresnext50.cfg."""
-    b = Builder(width)
-    dropblock = (
-        specs.DropBlock(dropblock_probability, dropblock_size)
-        if dropblock_probability > 0
-        else None
+    return classifier_layers(
+        cspresnext50, num_classes, activation, dropblock_probability, dropblock_size, width, depth
     )
-    cspresnext50(b, activation, depth, dropblock)
-    b.add(specs.AvgPool())
-    b.add(specs.Conv(num_classes, 1, 1, 0, 1, False, "linear"))
-    return b.build()

@@ -9,7 +9,7 @@ darknet cfg (except CBAM's spatial attention, which darknet lacks).
 from __future__ import annotations
 
 from yolov4_jax.models import specs
-from yolov4_jax.models.builder import Builder, scale_depth
+from yolov4_jax.models.builder import Builder, classifier_layers, scale_depth
 
 ANCHORS = (
     (12, 16),
@@ -103,16 +103,9 @@ def cspdarknet53_classifier_layers(
     detector (`yolov4_jax.models.transfer`); then global average pooling and a linear 1x1
     conv to ``num_classes`` logits (darknet's [avgpool], [convolutional] and [softmax]).
     """
-    b = Builder(width)
-    dropblock = (
-        specs.DropBlock(dropblock_probability, dropblock_size)
-        if dropblock_probability > 0
-        else None
+    return classifier_layers(
+        cspdarknet53, num_classes, activation, dropblock_probability, dropblock_size, width, depth
     )
-    cspdarknet53(b, activation, depth, dropblock)
-    b.add(specs.AvgPool())
-    b.add(specs.Conv(num_classes, 1, 1, 0, 1, False, "linear"))
-    return b.build()
 
 
 def spp(b: Builder) -> int:
