@@ -413,6 +413,19 @@ def test_encoded_jpeg_decodes_at_reduced_size_and_reports_errors() -> None:
             sample.image.decode(f)
 
 
+def _count_reductions(monkeypatch) -> list[int]:
+    """The reduction factor of every EncodedJpeg.decode call, in order."""
+    reductions: list[int] = []
+    decode = sources.EncodedJpeg.decode
+
+    def counted(self, reduction: int = 1) -> np.ndarray:
+        reductions.append(reduction)
+        return decode(self, reduction)
+
+    monkeypatch.setattr(sources.EncodedJpeg, "decode", counted)
+    return reductions
+
+
 def test_reduction_never_lowers_the_canvas_resolution() -> None:
     rect = (0.0, 0.0, 640.0, 480.0)
     assert augment.reduction_for(rect, (240, 320)) == 2  # exactly half in both axes
@@ -441,14 +454,7 @@ def test_fast_decode_keeps_boxes_and_pixels_close(mix, monkeypatch) -> None:
     boxes = np.array([[10, 20, 300, 200], [320, 100, 630, 470]], np.float32)
     labels = np.array([1, 2], np.int32)
     lazy = sources.EncodedJpeg(jpeg, 480, 640)
-    reductions: list[int] = []
-    decode = sources.EncodedJpeg.decode
-
-    def counted(self, reduction: int = 1) -> np.ndarray:
-        reductions.append(reduction)
-        return decode(self, reduction)
-
-    monkeypatch.setattr(sources.EncodedJpeg, "decode", counted)
+    reductions = _count_reductions(monkeypatch)
     p = augment.AugmentParams()
     n = augment.num_images(mix)
     for canvas, reduced in (((608, 608), False), ((128, 160), True)):
@@ -477,14 +483,7 @@ def test_fast_decode_keeps_boxes_and_pixels_close(mix, monkeypatch) -> None:
 
 
 def test_fast_decode_switch_keeps_the_batches_boxes(config, monkeypatch) -> None:
-    reductions: list[int] = []
-    decode = sources.EncodedJpeg.decode
-
-    def counted(self, reduction: int = 1) -> np.ndarray:
-        reductions.append(reduction)
-        return decode(self, reduction)
-
-    monkeypatch.setattr(sources.EncodedJpeg, "decode", counted)
+    reductions = _count_reductions(monkeypatch)
     config.data.image_size = 64  # the tiny dataset's 100-128 px scenes: some at 1/2
     config.data.fast_decode = False
     slow = take(data.create_train_iterator(config, seed=2), 3)
