@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolov4_jax import data as data_lib
-from yolov4_jax import losses, optim, tasks
+from yolov4_jax import losses, metric_writer, optim, tasks
 from yolov4_jax.models import Network, factory
 
 Array = jax.Array
@@ -360,69 +360,6 @@ def make_train_step(
 # The loop.
 
 
-class MetricWriter:
-    """WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard event files."""
-
-    def __init__(self, workdir: str, enabled: bool = True, *, start_step: int = 0):
-        """``start_step``: the step the run (re)starts from. Rows of later steps, written by a
-        run that died after its last checkpoint, are dropped from metrics.jsonl, and
-        TensorBoard is told to purge its events from ``start_step + 1`` on, so a resumed run
-        writes each step once."""
-        self._enabled = enabled
-        self._tb = None
-        if enabled:
-            path = os.path.join(workdir, "metrics.jsonl")
-            _truncate_metrics(path, start_step)
-            self._file = open(path, "a")  # noqa: SIM115
-            try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(
-                    os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
-                )
-            except ImportError:  # pragma: no cover - tensorboardX is a dependency
-                logging.warning("tensorboardX missing: no TensorBoard event files")
-
-    def write(self, step: int, metrics: Mapping[str, float]) -> None:
-        if not self._enabled:
-            return
-        clean = {k: float(v) for k, v in metrics.items()}
-        self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            for k, v in clean.items():
-                self._tb.add_scalar(k, v, step)
-            self._tb.flush()
-
-    def close(self) -> None:
-        if self._enabled:
-            self._file.close()
-            if self._tb is not None:
-                self._tb.close()
-
-
-def _truncate_metrics(path: str, start_step: int) -> None:
-    """Drops the rows of metrics.jsonl after ``start_step`` (atomically)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill: it is past the checkpoint
-            logging.warning("%s:%d: unreadable row dropped on resume", path, number)
-            continue
-        if int(row.get("step", 0)) <= start_step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
-        logging.info("%s: %d rows after step %d dropped", path, len(lines) - len(kept), start_step)
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
-
-
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks once per step (save, then exit)."""
 
@@ -522,7 +459,7 @@ def train_and_evaluate(
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
 
     train_step = make_train_step(model, config, tx, schedule, mesh)
-    writer = MetricWriter(workdir, enabled=is_main, start_step=start_step)
+    writer = metric_writer.MetricWriter(workdir, enabled=is_main, start_step=start_step)
 
     def evaluator(state):
         return task.evaluate(eval_variables(state), config, info, mesh)
