@@ -56,10 +56,33 @@ def _batch(size: int, batch: int, max_boxes: int, seed: int = 0):
 
 
 def _peak_memory_gb(device) -> tuple[float, str]:
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    stats = device.memory_stats() if device is not None else None
     if stats and "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**30, "device peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+def _profile_ops(compiled, state, batch, directory: str, top: int = 15) -> dict[str, float]:
+    """Runs one step under `jax.profiler` into `directory` (open it in TensorBoard or Perfetto)
+    and returns the summed wall time per XLA operation kind (its name up to the first '.'),
+    the largest first. On CPU the names are the thunks: fusions, convolutions, dots."""
+    import collections
+    import glob
+    import gzip
+
+    import jax
+
+    jax.profiler.start_trace(directory)
+    jax.block_until_ready(compiled(state, batch))
+    jax.profiler.stop_trace()
+    paths = sorted(glob.glob(os.path.join(directory, "plugins", "profile", "*", "*.trace.json.gz")))
+    events = json.load(gzip.open(paths[-1]))["traceEvents"]
+    total: collections.Counter = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "end: ")):
+            total[name.split(".")[0]] += event["dur"] / 1000
+    return {name: round(ms, 1) for name, ms in total.most_common(top)}
 
 
 def benchmark(args) -> dict:
@@ -104,6 +127,9 @@ def benchmark(args) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+    if args.hlo:
+        with open(args.hlo, "w") as f:
+            f.write(compiled.as_text())
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
@@ -121,7 +147,12 @@ def benchmark(args) -> dict:
         "compile_s": round(compile_s, 2),
         "gflops_per_step": round(flops / 1e9, 1),
         "gb_accessed_per_step": round(bytes_accessed / 2**30, 2),
+        "rss_after_compile_gb": round(_peak_memory_gb(None)[0], 2),
     }
+    memory = compiled.memory_analysis()
+    if memory is not None:  # XLA's buffer assignment: what the step itself allocates
+        result["xla_temp_gb"] = round(memory.temp_size_in_bytes / 2**30, 2)
+        result["xla_arguments_gb"] = round(memory.argument_size_in_bytes / 2**30, 2)
     if args.compile_only:
         return result
     state, metrics = compiled(state, batch)  # warm-up
@@ -133,6 +164,8 @@ def benchmark(args) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
+    if args.profile:
+        result["top_ops_ms"] = _profile_ops(compiled, state, batch, args.profile)
     memory, memory_kind = _peak_memory_gb(jax.devices()[0])
     result.update(
         step_s=round(median, 3),
@@ -156,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], metavar="GROUP.FIELD=VALUE")
     parser.add_argument("--compile_only", action="store_true")
+    parser.add_argument("--hlo", metavar="FILE", help="write the compiled step's HLO to FILE")
+    parser.add_argument("--profile", metavar="DIR", help="trace one more step into DIR")
     parser.add_argument("--use_cache", action="store_true", help="allow the compilation cache")
     args = parser.parse_args(argv)
     result = benchmark(args)

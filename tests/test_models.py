@@ -270,6 +270,68 @@ def test_mish_matches_the_textbook_form_and_darknets_threshold():
     np.testing.assert_allclose(grad[x > 21.0], 1.0)  # the identity above the threshold
 
 
+@pytest.mark.parametrize("name", ["mish", "leaky", "linear", "logistic", "swish", "relu"])
+def test_normalize_activate_matches_autodiff_of_the_textbook_form(name):
+    # The fused BN + activation has a hand-written backward; autodiff of the plain formula
+    # in float64 is the reference for the output, the statistics and all three gradients.
+    from yolov4_jax.models import layers
+
+    def textbook(x, scale, bias):
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+        y = (x - mean) / jnp.sqrt(var + layers.BN_EPSILON) * scale + bias
+        return layers.activation(y, name), mean, var
+
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(k1, (2, 5, 4, 6)) * 3 + 1
+    scale = jax.random.uniform(k2, (6,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(k3, (6,))
+    weights = jax.random.normal(k4, (2, 5, 4, 6))
+    with jax.enable_x64():
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
+        expected = [np.asarray(v) for v in textbook(*args64)]
+        grads64 = jax.grad(lambda *a: jnp.sum(textbook(*a)[0] * weights), (0, 1, 2))(*args64)
+        grads64 = [np.asarray(g) for g in grads64]
+    got = layers.normalize_activate(x, scale, bias, name)
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=2e-5, atol=2e-5)
+    grads = jax.grad(
+        lambda *a: jnp.sum(layers.normalize_activate(*a, name)[0] * weights), (0, 1, 2)
+    )(x, scale, bias)
+    for value, reference in zip(grads, grads64, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-4)
+    # bfloat16 inputs: statistics and arithmetic in float32, output and input gradient bf16.
+    out16 = layers.normalize_activate(x.astype(jnp.bfloat16), scale, bias, name)[0]
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out16.astype(jnp.float32), expected[0], rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "size,stride,padding",
+    [(5, 1, 4), (9, 1, 8), (13, 1, 12), (2, 2, 0), (2, 1, 1), (3, 2, 1), (2, 2, 1)],
+)
+def test_separable_max_pool_equals_the_square_window(size, stride, padding):
+    # max_pool runs rows then columns; the square window is the definition (darknet's loop).
+    from yolov4_jax.models import layers
+
+    spec = specs.MaxPool(size, stride, padding)
+    before = padding // 2
+    pads = ((0, 0), (before, padding - before), (before, padding - before), (0, 0))
+
+    def square(x):
+        window, strides = (1, size, size, 1), (1, stride, stride, 1)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+    x = jax.random.normal(jax.random.key(size * 10 + stride), (2, 13, 11, 5))
+    np.testing.assert_array_equal(layers.max_pool(x, spec), square(x))
+    # No ties in random data: the gradient reaches the same argmax cells.
+    weights = jax.random.normal(jax.random.key(1), square(x).shape)
+    grad = jax.grad(lambda x, pool: jnp.sum(pool(x) * weights), argnums=0)
+    np.testing.assert_allclose(
+        grad(x, lambda x: layers.max_pool(x, spec)), grad(x, square), rtol=1e-6, atol=1e-6
+    )
+
+
 # darknet's csresnext50.cfg, read from its text: per stage, the filters of the blocks and of the
 # grouped 3x3 (a stage outputs twice as many) and the number of residual blocks.
 _CSRESNEXT50_STAGES = ((128, 3), (256, 3), (512, 5), (1024, 2))

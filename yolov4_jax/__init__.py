@@ -1,0 +1,34 @@
+"""YOLOv4 in JAX/Flax.
+
+Importing the package sets one XLA:CPU default (before JAX starts its backend): YNNPACK
+fusions off (``--xla_cpu_experimental_ynn_fusion_type=``). With them on, jaxlib 0.10 sends
+the convolutions to YNNPACK, which on the project's CPU ran YOLOv4's forward pass 1.5x and
+its training step 1.4x slower than XLA's own convolutions (docs/benchmarks.md). The flag is
+read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to ``XLA_FLAGS``
+unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
+older than 0.10 (where the flag may not exist and XLA would reject it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def _xla_cpu_defaults() -> None:
+    if os.environ.get("YOLOV4_JAX_XLA_DEFAULTS", "1") == "0":
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return
+    try:
+        major, minor = (int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return
+    if (major, minor) >= (0, 10):
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_OFF}".strip()
+
+
+_xla_cpu_defaults()

