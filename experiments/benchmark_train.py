@@ -15,7 +15,14 @@ default JAX device (CPU, GPU or TPU, nothing to change):
 - median step s and images/s;
 - XLA's FLOPs and bytes accessed per step (`cost_analysis`), and achieved TFLOP/s;
 - peak memory: the device's `peak_bytes_in_use` where it reports one (GPU, TPU), else the
-  process's peak resident memory (CPU; includes the Python process itself).
+  process's peak resident memory during the steps (CPU, Linux: VmHWM restarted after
+  compilation; it includes the Python process, JAX and the train state, not init's and
+  the compiler's own peaks, which `process_max_rss_gb` adds);
+- XLA's buffer assignment of the compiled step: `xla_temp_gb` (activations, gradients and
+  scratch) and `xla_arguments_gb` (the train state and the batch).
+
+`--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
+kind; `--hlo FILE` writes the compiled step's HLO.
 """
 
 from __future__ import annotations
@@ -55,14 +62,41 @@ def _batch(size: int, batch: int, max_boxes: int, seed: int = 0):
     }
 
 
+def _status_gb(field: str) -> float | None:
+    """VmRSS or VmHWM (peak) of this process from /proc/self/status, in GiB (Linux only)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) from the current RSS (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_memory_gb(device) -> tuple[float, str]:
+    """The device's peak where it reports one (GPU, TPU); else the process's peak resident
+    set since the last `_reset_peak_rss` (VmHWM), or over its whole life (ru_maxrss)."""
     stats = device.memory_stats() if device is not None else None
     if stats and "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**30, "device peak"
+    peak = _status_gb("VmHWM")
+    if peak is not None:
+        return peak, "process peak RSS"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
 
 
-def _profile_ops(compiled, state, batch, directory: str, top: int = 15) -> dict[str, float]:
+def _profile_ops(compiled, state, batch, directory: str, top: int = 25) -> dict[str, float]:
     """Runs one step under `jax.profiler` into `directory` (open it in TensorBoard or Perfetto)
     and returns the summed wall time per XLA operation kind (its name up to the first '.'),
     the largest first. On CPU the names are the thunks: fusions, convolutions, dots."""
@@ -124,6 +158,7 @@ def benchmark(args) -> dict:
     else:
         batch = jax.device_put(batch)
 
+    rss_before_compile = _status_gb("VmRSS")
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -147,14 +182,17 @@ def benchmark(args) -> dict:
         "compile_s": round(compile_s, 2),
         "gflops_per_step": round(flops / 1e9, 1),
         "gb_accessed_per_step": round(bytes_accessed / 2**30, 2),
-        "rss_after_compile_gb": round(_peak_memory_gb(None)[0], 2),
+        "rss_before_compile_gb": rss_before_compile and round(rss_before_compile, 2),
     }
     memory = compiled.memory_analysis()
     if memory is not None:  # XLA's buffer assignment: what the step itself allocates
-        result["xla_temp_gb"] = round(memory.temp_size_in_bytes / 2**30, 2)
-        result["xla_arguments_gb"] = round(memory.argument_size_in_bytes / 2**30, 2)
+        result["xla_temp_gb"] = round(memory.temp_size_in_bytes / 2**30, 3)
+        result["xla_arguments_gb"] = round(memory.argument_size_in_bytes / 2**30, 3)
     if args.compile_only:
         return result
+    # The step's own peak: from here on (init and compilation excluded, their own peak is
+    # `process_max_rss_gb`).
+    _reset_peak_rss()
     state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -173,6 +211,7 @@ def benchmark(args) -> dict:
         achieved_tflops=round(flops / median / 1e12, 3),
         peak_memory_gb=round(memory, 2),
         memory_kind=memory_kind,
+        process_max_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         loss=float(metrics["total"]),
     )
     return result

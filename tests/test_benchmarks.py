@@ -88,3 +88,21 @@ def test_benchmark_images_reads_files_as_rgb_at_the_input_size(tmp_path):
     assert (images[..., 2] == 255).all() and (images[..., :2] == 0).all()
     scenes = bench.benchmark_images([], 32, 2, seed=0)
     assert scenes.shape == (2, 32, 32, 3) and scenes.std() > 0
+
+
+def test_train_benchmark_reports_time_memory_and_a_profile(tmp_path, capsys):
+    # experiments/benchmark_train.py on the tiny test network: the real step, its cost
+    # analysis, XLA's buffer sizes, the step's own peak RSS and a per-operation profile.
+    import json
+
+    from experiments import benchmark_train
+
+    args = ["--config", os.path.join(bench.ROOT, "configs", "test_tiny.py"), "--size", "64"]
+    args += ["--batch", "2", "--steps", "1", "--classes", "3", "--profile", str(tmp_path)]
+    assert benchmark_train.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step_s"] > 0 and result["gflops_per_step"] >= 0
+    assert result["xla_temp_gb"] > 0 and result["xla_arguments_gb"] >= 0
+    assert 0 < result["peak_memory_gb"] <= result["process_max_rss_gb"] + 1e-6
+    assert result["top_ops_ms"] and all(v >= 0 for v in result["top_ops_ms"].values())
+    assert np.isfinite(result["loss"])

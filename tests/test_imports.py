@@ -96,3 +96,33 @@ def test_bad_config_arguments_are_one_line_errors(program, args, expected):
     assert "FATAL Flags parsing error: " in result.stderr, result.stderr[-3000:]
     assert expected in result.stderr, result.stderr[-3000:]
     assert not os.path.exists("/nonexistent/never-created")
+
+
+def test_package_import_turns_ynnpack_fusions_off_unless_told_otherwise():
+    # yolov4_jax/__init__.py appends the flag before JAX starts its CPU backend, keeps a
+    # user's own setting and the opt-out; the compiled convolution then has no YNN fusion.
+    code = (
+        "import os, jax, jax.numpy as jnp, yolov4_jax\n"
+        "x, w = jnp.ones((1, 64, 64, 64)), jnp.ones((3, 3, 64, 64))\n"
+        "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',"
+        " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "hlo = jax.jit(f).lower(x, w).compile().as_text()\n"
+        "print(os.environ.get('XLA_FLAGS', ''), '|', '__ynn_fusion' in hlo)\n"
+    )
+    flag = "--xla_cpu_experimental_ynn_fusion_type="
+    cases = [  # (environment, XLA_FLAGS after the import, a YNN fusion in the HLO)
+        ({}, flag, "False"),
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, f"=2 {flag}", "False"),
+        ({"XLA_FLAGS": f"{flag}individual_dot"}, f"{flag}individual_dot", None),
+        ({"YOLOV4_JAX_XLA_DEFAULTS": "0"}, "", None),
+    ]
+    for extra, flags, ynn in cases:
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env.update(JAX_PLATFORMS="cpu", **extra)
+        run = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        got_flags, got_ynn = (part.strip() for part in run.stdout.split("|"))
+        assert got_flags.endswith(flags), (extra, run.stdout)
+        assert ynn is None or got_ynn == ynn, (extra, run.stdout)

@@ -205,7 +205,9 @@ class ConvBN(nn.Module):
             bn = BatchNorm(self.bn_momentum, s.activation, name="bn")
             return bn(y, use_running_average, stats)
         bias = self.param("bias", nn.initializers.zeros, (s.filters,), jnp.float32)
-        return activation(y + bias.astype(y.dtype), s.activation)
+        # Bias and activation in at least float32 (as BN's), stored in the compute dtype.
+        y32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
+        return activation(y32 + bias, s.activation).astype(y.dtype)
 
     def _cbn_statistics(self, conv, x, kernel, y) -> tuple[jax.Array, jax.Array]:
         """Cross-Iteration BN statistics (Yao et al. 2021; YOLOv4 paper Fig. 4).
