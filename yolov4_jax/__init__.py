@@ -3,7 +3,7 @@
 Importing the package sets one XLA:CPU default (before JAX starts its backend): YNNPACK
 fusions off (``--xla_cpu_experimental_ynn_fusion_type=``). With them on, jaxlib 0.10 sends
 the convolutions to YNNPACK, which on the project's CPU ran YOLOv4's forward pass 1.5x and
-its training step 1.4x slower than XLA's own convolutions (docs/benchmarks.md). The flag is
+its training step 1.14x slower than XLA's own convolutions (docs/benchmarks.md). The flag is
 read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to ``XLA_FLAGS``
 unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
 older than 0.10 (where the flag may not exist and XLA would reject it).
