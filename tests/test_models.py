@@ -306,6 +306,44 @@ def test_normalize_activate_matches_autodiff_of_the_textbook_form(name):
     np.testing.assert_allclose(out16.astype(jnp.float32), expected[0], rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("name", ["mish", "leaky"])
+@pytest.mark.parametrize("count", [0.0, 2.0])
+def test_normalize_activate_cmbn_matches_autodiff_of_the_textbook_form(name, count):
+    # CmBN: micro-batch count + 1 averages its statistics with the update's earlier ones
+    # (constants). Reference: autodiff of the formula in float64.
+    from yolov4_jax.models import layers
+
+    def textbook(x, scale, bias, acc_mean, acc_sq):
+        k = count + 1.0
+        mean = (acc_mean * count + jnp.mean(x, axis=(0, 1, 2))) / k
+        mean_sq = (acc_sq * count + jnp.mean(jnp.square(x), axis=(0, 1, 2))) / k
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        y = (x - mean) / jnp.sqrt(var + layers.BN_EPSILON) * scale + bias
+        return layers.activation(y, name), mean, mean_sq, var
+
+    keys = jax.random.split(jax.random.key(5), 5)
+    x = jax.random.normal(keys[0], (2, 4, 3, 5)) * 2 + 0.5
+    scale = jax.random.uniform(keys[1], (5,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(keys[2], (5,))
+    acc_mean = jax.random.normal(keys[3], (5,))
+    acc_sq = jnp.square(acc_mean) + jax.random.uniform(keys[4], (5,), minval=0.5, maxval=3.0)
+    weights = jax.random.normal(jax.random.key(9), x.shape)
+    with jax.enable_x64():
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias, acc_mean, acc_sq)]
+        expected = [np.asarray(v) for v in textbook(*args64)]
+        grads64 = jax.grad(lambda *a: jnp.sum(textbook(*a)[0] * weights), (0, 1, 2))(*args64)
+    fused = functools.partial(layers.normalize_activate_cmbn, name=name)
+    got = fused(x, scale, bias, acc_mean, acc_sq, jnp.float32(count))
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=2e-5, atol=2e-5)
+    grads = jax.grad(
+        lambda *a: jnp.sum(fused(*a, acc_mean, acc_sq, jnp.float32(count))[0] * weights),
+        (0, 1, 2),
+    )(x, scale, bias)
+    for value, reference in zip(grads, grads64, strict=True):
+        np.testing.assert_allclose(value, np.asarray(reference), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "size,stride,padding",
     [(5, 1, 4), (9, 1, 8), (13, 1, 12), (2, 2, 0), (2, 1, 1), (3, 2, 1), (2, 2, 1)],

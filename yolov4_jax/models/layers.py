@@ -72,23 +72,73 @@ def _normalize_activate_fwd(x, scale, bias, name):
     return (y, mean, var), (x, mean, inv, scale, bias)
 
 
-def _normalize_activate_bwd(name, residuals, cotangents):
-    x, mean, inv, scale, bias = residuals
-    grad_out = cotangents[0]  # mean and var are statistics: their cotangents are dropped
+def _affine_activation_grads(name, x, mean, inv, scale, bias, grad_out):
+    """Recomputes ``n = (x - mean) * inv`` and returns, flattened to [M, C], the gradient g at
+    the activation's input, n, and the gradients of bias (sum g) and scale (sum g * n)."""
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     normalized = (x32 - mean) * inv
     _, activation_vjp = jax.vjp(lambda y: activation(y, name), normalized * scale + bias)
     (grad_y,) = activation_vjp(grad_out.astype(x32.dtype))
     g = grad_y.reshape(-1, x.shape[-1])
     n = normalized.reshape(g.shape)
-    grad_bias = jnp.sum(g, axis=0)
-    grad_scale = jnp.sum(g * n, axis=0)
+    return g, n, jnp.sum(g, axis=0), jnp.sum(g * n, axis=0)
+
+
+def _normalize_activate_bwd(name, residuals, cotangents):
+    x, mean, inv, scale, bias = residuals
+    # cotangents[1:] (mean, var) are statistics: dropped.
+    g, n, grad_bias, grad_scale = _affine_activation_grads(name, *residuals, cotangents[0])
     size = g.shape[0]
     grad_x = (scale * inv) * (g - grad_bias / size - n * (grad_scale / size))
     return grad_x.reshape(x.shape).astype(x.dtype), grad_scale, grad_bias
 
 
 normalize_activate.defvjp(_normalize_activate_fwd, _normalize_activate_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def normalize_activate_cmbn(x, scale, bias, acc_mean, acc_sq, count, name: str):
+    """`normalize_activate` with CmBN's statistics (paper section 3.3; darknet's
+    fast_v_cbn_kernel): micro-batch k = count + 1 normalises with mean and E[x^2] averaged over
+    itself and the update's earlier micro-batches, ``(count * acc + own) / k``, and
+    var = E[x^2] - mean^2 (at least 0), as darknet. The earlier micro-batches' ``acc_mean``,
+    ``acc_sq`` and ``count`` enter as constants (no gradient: theirs was taken in their own
+    pass). Returns ``(activation(y), mean, mean_sq, var)``; the statistics carry no gradient.
+    """
+    return _cmbn_fwd(x, scale, bias, acc_mean, acc_sq, count, name)[0]
+
+
+def _cmbn_fwd(x, scale, bias, acc_mean, acc_sq, count, name):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    flat = x32.reshape(-1, x.shape[-1])
+    k = count + 1.0
+    mean = (acc_mean * count + jnp.mean(flat, axis=0)) / k
+    mean_sq = (acc_sq * count + jnp.mean(jnp.square(flat), axis=0)) / k
+    var_raw = mean_sq - jnp.square(mean)
+    var = jnp.maximum(var_raw, 0.0)
+    inv = jax.lax.rsqrt(var + BN_EPSILON)
+    y = activation((x32 - mean) * (inv * scale) + bias, name).astype(x.dtype)
+    residuals = (x, mean, inv, scale, bias, k, var_raw > 0, acc_mean, acc_sq, count)
+    return (y, mean, mean_sq, var), residuals
+
+
+def _cmbn_bwd(name, residuals, cotangents):
+    x, mean, inv, scale, bias, k, positive, acc_mean, acc_sq, count = residuals
+    g, _, grad_bias, grad_scale = _affine_activation_grads(
+        name, x, mean, inv, scale, bias, cotangents[0]
+    )
+    x32 = x.astype(g.dtype).reshape(g.shape)
+    # Through the statistics: var = mean_sq - mean^2 (clamped), both averages over k parts,
+    # of which this micro-batch's own mean(x) and mean(x^2) depend on x.
+    grad_var = jnp.where(positive, -0.5 * scale * grad_scale * jnp.square(inv), 0.0)
+    grad_mean = -scale * inv * grad_bias - 2.0 * mean * grad_var
+    size = g.shape[0]
+    grad_x = (scale * inv) * g + (grad_mean + 2.0 * grad_var * x32) / (k * size)
+    zeros = (jnp.zeros_like(acc_mean), jnp.zeros_like(acc_sq), jnp.zeros_like(count))
+    return (grad_x.reshape(x.shape).astype(x.dtype), grad_scale, grad_bias, *zeros)
+
+
+normalize_activate_cmbn.defvjp(_cmbn_fwd, _cmbn_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -98,7 +148,7 @@ class BatchNorm(nn.Module):
     rolling update `.99 * old + .01 * batch` is momentum 0.99 here. Under `jax.jit` with a
     batch sharded over a `data` mesh axis the batch statistics are global, i.e. synchronised
     BatchNorm across devices comes for free. When the `cmbn` collection is passed and
-    mutable, training-mode statistics are CmBN's (see `_cmbn_statistics`). `activation`
+    mutable, training-mode statistics are CmBN's (see `normalize_activate_cmbn`). `activation`
     (a darknet name) is applied to the output; with the batch's own statistics the two run as
     one `normalize_activate`.
     """
@@ -129,9 +179,20 @@ class BatchNorm(nn.Module):
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         elif self.is_mutable_collection("cmbn") and not self.is_initializing():
-            mean, var = self._cmbn_statistics(x32, features)
+            # The `cmbn` collection: per layer, the averages of mean and E[x^2] over the
+            # update's micro-batches so far and their count; the train step zeroes it at the
+            # start of every update.
+            acc_mean = self.variable("cmbn", "mean", jnp.zeros, (features,), jnp.float32)
+            acc_sq = self.variable("cmbn", "mean_sq", jnp.zeros, (features,), jnp.float32)
+            count = self.variable("cmbn", "count", jnp.zeros, (), jnp.float32)
+            y, mean, mean_sq, var = normalize_activate_cmbn(
+                x, scale, bias, acc_mean.value, acc_sq.value, count.value, self.activation
+            )
+            mean, mean_sq, var = (jax.lax.stop_gradient(v) for v in (mean, mean_sq, var))
+            acc_mean.value, acc_sq.value, count.value = mean, mean_sq, count.value + 1.0
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            return y
         else:
             y, mean, var = normalize_activate(x, scale, bias, self.activation)
             if not self.is_initializing():
@@ -141,24 +202,6 @@ class BatchNorm(nn.Module):
             return y
         y = (x32 - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
         return activation(y, self.activation).astype(x.dtype)
-
-    def _cmbn_statistics(self, x32: jax.Array, features: int) -> tuple[jax.Array, jax.Array]:
-        """Cross mini-batch statistics (CmBN, paper section 3.3; darknet fast_v_cbn_kernel).
-
-        The `cmbn` collection holds, per layer, the running averages of mean and E[x^2] over
-        the micro-batches of the current update and their count k. Micro-batch k normalises
-        with ((k-1) * acc + its own) / k; earlier micro-batches enter as constants (their
-        gradients were taken in their own pass), var = E[x^2] - mean^2 as darknet. The train
-        step resets the collection to zeros at the start of every update.
-        """
-        acc_mean = self.variable("cmbn", "mean", jnp.zeros, (features,), jnp.float32)
-        acc_sq = self.variable("cmbn", "mean_sq", jnp.zeros, (features,), jnp.float32)
-        count = self.variable("cmbn", "count", jnp.zeros, (), jnp.float32)
-        k = count.value + 1.0
-        mean = (acc_mean.value * count.value + jnp.mean(x32, axis=(0, 1, 2))) / k
-        mean_sq = (acc_sq.value * count.value + jnp.mean(jnp.square(x32), axis=(0, 1, 2))) / k
-        acc_mean.value, acc_sq.value, count.value = mean, mean_sq, k
-        return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
 class ConvBN(nn.Module):
