@@ -40,6 +40,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+TORCH_INSTALL = (
+    "install it with: python -m pip install --target .cache/torch torch "
+    "(CPU wheels: torch==VERSION+cpu where the index has them)"
+)
+
+
 def _batch(size: int, batch: int, max_boxes: int, seed: int = 0):
     import numpy as np
 
@@ -62,7 +68,7 @@ def _batch(size: int, batch: int, max_boxes: int, seed: int = 0):
     }
 
 
-def _status_gb(field: str) -> float | None:
+def status_gb(field: str) -> float | None:
     """VmRSS or VmHWM (peak) of this process from /proc/self/status, in GiB (Linux only)."""
     try:
         with open("/proc/self/status") as f:
@@ -74,7 +80,7 @@ def _status_gb(field: str) -> float | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Restart the kernel's peak-RSS count (VmHWM) from the current RSS (Linux 4.0+)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -86,11 +92,11 @@ def _reset_peak_rss() -> bool:
 
 def _peak_memory_gb(device) -> tuple[float, str]:
     """The device's peak where it reports one (GPU, TPU); else the process's peak resident
-    set since the last `_reset_peak_rss` (VmHWM), or over its whole life (ru_maxrss)."""
+    set since the last `reset_peak_rss` (VmHWM), or over its whole life (ru_maxrss)."""
     stats = device.memory_stats() if device is not None else None
     if stats and "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**30, "device peak"
-    peak = _status_gb("VmHWM")
+    peak = status_gb("VmHWM")
     if peak is not None:
         return peak, "process peak RSS"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
@@ -123,7 +129,7 @@ def benchmark(args) -> dict:
     import jax
 
     from experiments.ablate import _parse_value, apply_overrides, load_module
-    from yolov4_jax import optim, train
+    from yolov4_jax import hostmem, optim, train
     from yolov4_jax.models import factory
 
     if not args.use_cache:
@@ -148,8 +154,9 @@ def benchmark(args) -> dict:
     )
     mesh = train.make_mesh() if jax.device_count() > 1 else None
     state = train.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    hostmem.release()  # as the training loop does
     step = train.make_train_step(model, config, tx, schedule, mesh)
-    batch = _batch(args.size, args.batch, config.data.max_boxes)
+    host_batch = batch = _batch(args.size, args.batch, config.data.max_boxes)
     if mesh is not None:
         state = jax.device_put(
             state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -158,10 +165,11 @@ def benchmark(args) -> dict:
     else:
         batch = jax.device_put(batch)
 
-    rss_before_compile = _status_gb("VmRSS")
+    rss_before_compile = status_gb("VmRSS")
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+    hostmem.release()
     if args.hlo:
         with open(args.hlo, "w") as f:
             f.write(compiled.as_text())
@@ -192,15 +200,29 @@ def benchmark(args) -> dict:
         return result
     # The step's own peak: from here on (init and compilation excluded, their own peak is
     # `process_max_rss_gb`).
-    _reset_peak_rss()
+    reset_peak_rss()
     state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
+    peer = None
+    if args.torch_dir:
+        layers = factory.model_layers(config.model, num_classes=args.classes)
+        peer = TorchPeer(args.torch_dir, layers, host_batch, config.optim)
+        result["parameters"] = sum(x.size for x in jax.tree.leaves(state.params))
+        if peer.ready["parameters"] != result["parameters"]:  # not the same network
+            peer.close()
+            raise RuntimeError(
+                f"the PyTorch network has {peer.ready['parameters']} parameters, the JAX one "
+                f"{result['parameters']}: experiments/torch_peer.py built a different network"
+            )
+    times, peer_times = [], []
+    for _ in range(args.rounds):  # alternating with the peer, if any
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+        if peer is not None:
+            peer_times += peer("time", steps=args.steps)["times"]
     median = statistics.median(times)
     if args.profile:
         result["top_ops_ms"] = _profile_ops(compiled, state, batch, args.profile)
@@ -214,7 +236,93 @@ def benchmark(args) -> dict:
         process_max_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         loss=float(metrics["total"]),
     )
+    if peer is not None:
+        result["torch"] = peer.summary(peer_times, args.batch)
+        peer.close()
+        # > 1: the JAX step is faster (smaller); the issue's goal is torch / JAX >= 1 / 1.2
+        result["torch_step_over_jax"] = round(result["torch"]["step_s"] / median, 3)
+        result["torch_peak_over_jax"] = round(result["torch"]["peak_memory_gb"] / memory, 3)
     return result
+
+
+class TorchPeer:
+    """experiments/torch_peer.py in a child process: the same network (the project's layer
+    specs), batch and optimiser settings as an eager PyTorch step, from `torch_dir` (a
+    `pip install --target` folder). The constructor returns once the child has built the
+    model and run one warm-up step."""
+
+    def __init__(self, torch_dir: str, layers, host_batch: dict, optim_config):
+        import dataclasses
+        import subprocess
+        import tempfile
+
+        import numpy as np
+
+        if not os.path.isdir(os.path.join(torch_dir, "torch")):
+            raise SystemExit(f"--torch_dir {torch_dir}: no torch package there; {TORCH_INSTALL}")
+        self.folder = tempfile.TemporaryDirectory()
+        batch_path = os.path.join(self.folder.name, "batch.npz")
+        np.savez(batch_path, **host_batch)
+        setup = {
+            "layers": [{"type": type(s).__name__, **dataclasses.asdict(s)} for s in layers],
+            "batch": batch_path,
+            "learning_rate": optim_config.learning_rate,
+            "momentum": optim_config.momentum,
+            "weight_decay": optim_config.weight_decay,
+        }
+        setup_path = os.path.join(self.folder.name, "setup.json")
+        with open(setup_path, "w") as f:
+            json.dump(setup, f)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "experiments", "torch_peer.py"),
+                torch_dir,
+                setup_path,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.ready = self._answer("start")
+
+    def _answer(self, op: str) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch process exited ({self.process.wait()}) at {op}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"PyTorch process, {op}:\n{answer['error']}")
+        return answer
+
+    def __call__(self, op: str, **request) -> dict:
+        self.process.stdin.write(json.dumps({"op": op, **request}) + "\n")
+        return self._answer(op)
+
+    def summary(self, times: list[float], batch: int) -> dict:
+        median = statistics.median(times)
+        memory = self("memory")
+        return {
+            "version": self.ready["torch"],
+            "threads": self.ready["threads"],
+            "malloc_defaults": self.ready["malloc_defaults"],
+            "parameters": self.ready["parameters"],
+            "warmup_s": round(self.ready["warmup_s"], 2),
+            "step_s": round(median, 3),
+            "images_per_s": round(batch / median, 2),
+            "peak_memory_gb": round(memory["peak_gb"], 2),
+            "rss_before_model_gb": round(self.ready["rss_before_model_gb"], 2),
+        }
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.process.wait(timeout=60)
+        self.folder.cleanup()
 
 
 def main(argv=None) -> int:
@@ -231,6 +339,12 @@ def main(argv=None) -> int:
     parser.add_argument("--hlo", metavar="FILE", help="write the compiled step's HLO to FILE")
     parser.add_argument("--profile", metavar="DIR", help="trace one more step into DIR")
     parser.add_argument("--use_cache", action="store_true", help="allow the compilation cache")
+    parser.add_argument(
+        "--torch_dir",
+        help="also time the same step in eager PyTorch from this folder, alternating "
+        f"(experiments/torch_peer.py; {TORCH_INSTALL})",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --steps steps")
     args = parser.parse_args(argv)
     result = benchmark(args)
     print(json.dumps(result, indent=1))

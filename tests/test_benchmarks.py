@@ -106,3 +106,37 @@ def test_train_benchmark_reports_time_memory_and_a_profile(tmp_path, capsys):
     assert 0 < result["peak_memory_gb"] <= result["process_max_rss_gb"] + 1e-6
     assert result["top_ops_ms"] and all(v >= 0 for v in result["top_ops_ms"].values())
     assert np.isfinite(result["loss"])
+
+
+TORCH_DIR = os.path.join(bench.ROOT, ".cache", "torch")
+
+
+def test_train_benchmark_names_a_missing_torch_folder(tmp_path):
+    from experiments import benchmark_train
+
+    args = ["--config", os.path.join(bench.ROOT, "configs", "test_tiny.py"), "--size", "64"]
+    args += ["--batch", "2", "--steps", "1", "--classes", "3", "--torch_dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="no torch package there"):
+        benchmark_train.main(args)
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TORCH_DIR, "torch")),
+    reason="PyTorch not in .cache/torch (tests do not install it): "
+    "python -m pip install --target .cache/torch torch",
+)
+def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
+    # The PyTorch peer builds the JAX model's layer specs (benchmark_train checks that the
+    # parameter counts agree) and runs its step, alternating with JAX's.
+    import json
+
+    from experiments import benchmark_train
+
+    args = ["--config", os.path.join(bench.ROOT, "configs", "test_tiny.py"), "--size", "64"]
+    args += ["--batch", "2", "--steps", "1", "--rounds", "2", "--classes", "3"]
+    assert benchmark_train.main(args + ["--torch_dir", TORCH_DIR]) == 0
+    result = json.loads(capsys.readouterr().out)
+    torch = result["torch"]
+    assert torch["parameters"] == result["parameters"] > 0
+    assert torch["step_s"] > 0 and torch["peak_memory_gb"] > 0
+    assert result["torch_step_over_jax"] == pytest.approx(torch["step_s"] / result["step_s"], 0.05)

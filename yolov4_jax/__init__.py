@@ -7,12 +7,18 @@ its training step 1.14x slower than XLA's own convolutions (docs/benchmarks.md).
 read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to ``XLA_FLAGS``
 unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
 older than 0.10 (where the flag may not exist and XLA would reject it).
+
+It also sets glibc's malloc to keep freed memory for reuse (`yolov4_jax.hostmem`: XLA:CPU
+would otherwise page-fault each step's buffers in again, a quarter of YOLOv4's step time on
+the project's CPU), unless ``YOLOV4_JAX_MALLOC_DEFAULTS=0``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+
+from yolov4_jax import hostmem
 
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -32,3 +38,4 @@ def _xla_cpu_defaults() -> None:
 
 
 _xla_cpu_defaults()
+hostmem.apply_defaults()

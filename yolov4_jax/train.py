@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolov4_jax import data as data_lib
-from yolov4_jax import losses, metric_writer, optim, tasks
+from yolov4_jax import hostmem, losses, metric_writer, optim, tasks
 from yolov4_jax.models import Network, factory
 
 Array = jax.Array
@@ -444,6 +444,7 @@ def train_and_evaluate(
     state = jax.device_put(
         create_train_state(model, config, tx, jax.random.PRNGKey(config.seed)), replicated
     )
+    hostmem.release()  # what init freed (see yolov4_jax.hostmem)
     local_devices = jax.local_device_count()
     train_iter = task.train_iterator(
         config,
@@ -478,6 +479,8 @@ def train_and_evaluate(
                 images_seen += local["image"].shape[0] * jax.process_count()
                 state, metrics = train_step(state, global_batch(local, mesh))
                 step += 1
+                if step == start_step + 1:
+                    hostmem.release()  # what the compiler freed
                 pending.append((step, metrics))
                 at_end = step == total_steps
                 do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)

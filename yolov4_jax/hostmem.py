@@ -1,0 +1,74 @@
+"""Host memory: glibc malloc settings for XLA:CPU's per-step buffers, and returning freed memory.
+
+XLA:CPU allocates a step's buffers (activations, gradients: 2.2 GB for YOLOv4 at 416, batch
+2) with malloc when the step starts and frees them when it ends. With glibc's defaults
+those blocks are mmap'd and unmapped every step, or come from per-thread arenas that hand
+them back to the kernel, so every step page-faults its whole working set in again: 630,000
+minor faults and 1.3-1.8 s of kernel time per YOLOv4 step on the project's 2-core CPU
+(docs/benchmarks.md). `keep_freed_memory` makes malloc keep them instead (one arena, no mmap
+for large blocks, no automatic trimming), after which a step takes no page faults; `release`
+returns what is free at that moment (after building the train state, after compiling), so
+the process's resident memory follows what it uses.
+
+The package applies `keep_freed_memory` when imported (Linux with glibc only, before JAX
+starts its CPU backend's threads, which then share the one arena) unless
+``YOLOV4_JAX_MALLOC_DEFAULTS=0``. It is a host setting: the model and the step are
+unchanged, and on GPU or TPU hosts it only concerns host-side allocations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import platform
+
+# mallopt parameters (glibc malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+
+
+@functools.cache
+def _libc():
+    """glibc through ctypes, or None on other C libraries and systems."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    return libc
+
+
+def keep_freed_memory() -> bool:
+    """Keeps freed blocks for reuse: one malloc arena for all threads, large blocks from the
+    heap rather than mmap, no trimming on free. Returns whether it was applied (glibc only).
+
+    Threads that already allocated keep their own arena: call it before JAX's first
+    computation (importing `yolov4_jax` does)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(M_ARENA_MAX, 1) == 1
+    ok &= libc.mallopt(M_MMAP_MAX, 0) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, -1) == 1  # -1: never trim on free (man mallopt)
+    return bool(ok)
+
+
+def release() -> bool:
+    """Returns free heap memory to the kernel (`malloc_trim`); whether any was released."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+def apply_defaults() -> bool:
+    """`keep_freed_memory` unless ``YOLOV4_JAX_MALLOC_DEFAULTS=0``."""
+    if os.environ.get("YOLOV4_JAX_MALLOC_DEFAULTS", "1") == "0":
+        return False
+    return keep_freed_memory()
