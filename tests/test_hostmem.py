@@ -55,3 +55,16 @@ def test_release_and_settings_are_safe_to_call():
     applied = hostmem.keep_freed_memory()
     assert applied == (hostmem._libc() is not None)
     assert isinstance(hostmem.release(), bool)
+
+
+def test_applied_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
+    from yolov4_jax import hostmem
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not hostmem.cpu_only()
+    monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "")
+    assert not hostmem.apply_defaults()  # the step's buffers would be on the GPU
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert hostmem.cpu_only()
+    monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "0")
+    assert not hostmem.apply_defaults()
