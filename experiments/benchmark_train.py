@@ -126,10 +126,13 @@ def _profile_ops(compiled, state, batch, directory: str, top: int = 25) -> dict[
 
 
 def benchmark(args) -> dict:
+    from yolov4_jax import hostmem
+
+    hostmem.apply_defaults()  # as the training program does, before JAX starts its threads
     import jax
 
     from experiments.ablate import _parse_value, apply_overrides, load_module
-    from yolov4_jax import hostmem, optim, train
+    from yolov4_jax import optim, train
     from yolov4_jax.models import factory
 
     if not args.use_cache:

@@ -6,8 +6,8 @@ A child process (PyTorch and XLA each size their thread pools to the machine, an
 peak memory is its own process's), with TORCH_DIR (a `pip install --target` folder, e.g.
 `python -m pip install --target .cache/torch torch`) first on sys.path. Nothing here imports
 JAX, so the process holds only Python, PyTorch and the step. The host malloc settings are
-the JAX side's (`yolov4_jax.hostmem`, as importing the package sets them, unless
-``YOLOV4_JAX_MALLOC_DEFAULTS=0``), and reported.
+the JAX side's (`yolov4_jax.hostmem.apply_defaults`, as benchmark_train applies them), and
+reported.
 
 SETUP_JSON names the network as the project's layer specs (`{"type": "Conv", **fields}` per
 layer, the same tuple the JAX model runs), the batch (`.npz` with image, boxes, labels, mask:
@@ -44,10 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# Neither imports JAX: benchmark_train imports it lazily, and the package's __init__ only sets
-# the host malloc defaults (`yolov4_jax.hostmem`), which thereby apply here as on the JAX side.
+# Neither imports JAX: benchmark_train imports it lazily, hostmem needs ctypes only.
 from experiments.benchmark_train import reset_peak_rss, status_gb  # noqa: E402
-from yolov4_jax import hostmem  # noqa: E402, F401
+from yolov4_jax import hostmem  # noqa: E402
 
 
 def build(torch, layers: list[dict], in_channels: int = 3):
@@ -266,6 +265,7 @@ class Peer:
 
 def main(argv: list[str]) -> int:
     torch_dir, setup_path = argv[1], argv[2]
+    malloc_defaults = hostmem.apply_defaults()  # the JAX side's host setting, before torch
     sys.path.insert(0, torch_dir)
     import torch
 
@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
     answer = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "malloc_defaults": os.environ.get("YOLOV4_JAX_MALLOC_DEFAULTS", "1") != "0",
+        "malloc_defaults": malloc_defaults,
         "parameters": peer.parameters,
         "rss_before_model_gb": rss_before,
         "warmup_s": warmup_s,

@@ -8,17 +8,14 @@ read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to `
 unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
 older than 0.10 (where the flag may not exist and XLA would reject it).
 
-It also sets glibc's malloc to keep freed memory for reuse (`yolov4_jax.hostmem`: XLA:CPU
-would otherwise page-fault each step's buffers in again, a quarter of YOLOv4's step time on
-the project's CPU), unless ``YOLOV4_JAX_MALLOC_DEFAULTS=0``.
+The training program (`yolov4_jax.main`) also sets glibc's malloc to keep freed memory for
+reuse (`yolov4_jax.hostmem`); importing the package does not.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-
-from yolov4_jax import hostmem
 
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -38,4 +35,3 @@ def _xla_cpu_defaults() -> None:
 
 
 _xla_cpu_defaults()
-hostmem.apply_defaults()

@@ -16,11 +16,15 @@ levels off (the demo's step held 1.7 GB after 50 steps instead of 1.0 GB, and st
 over 150 steps; the 750-step demo run peaked at 2.4 GB). For YOLOv4 the faults cost more than
 that: its step peak went down (3.45 -> 3.30 GB, the trims) and the step 14% faster.
 
-The package applies `keep_freed_memory` when imported (Linux with glibc only, before JAX
-starts its CPU backend's threads, which then share the one arena) where JAX can only run on
-the CPU (`cpu_only`): with a GPU or TPU the step's buffers live on the device and the
-setting would only keep host memory. ``YOLOV4_JAX_MALLOC_DEFAULTS=0`` turns it off, ``=1``
-on everywhere. It is a host setting: the model and the step are unchanged.
+A second price is compile time: with one arena, XLA's parallel code generation contends for
+it (YOLOv4's step compiled in 28.7 s instead of 22.6, the demo's in 15-16 s instead of
+13-14). So the package does not apply it on import (tests and notebooks mostly compile);
+the training program (`yolov4_jax.main`) and experiments/benchmark_train.py call
+`apply_defaults` first thing, before JAX starts its CPU backend's threads (which then share
+the one arena; Linux with glibc only), where JAX can only run on the CPU (`cpu_only`): with
+a GPU or TPU the step's buffers live on the device and the setting would only keep host
+memory. ``YOLOV4_JAX_MALLOC_DEFAULTS=0`` turns it off there, ``=1`` on also with
+accelerators. It is a host setting: the model and the step are unchanged.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import cli
+from yolov4_jax import cli, hostmem
 
 
 def _define_flags():
@@ -29,6 +29,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config_flag, workdir_flag = _FLAGS
     config = config_flag.value
+    hostmem.apply_defaults()  # before JAX starts its threads (see yolov4_jax.hostmem)
     if config.train.distributed:
         jax.distributed.initialize()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
