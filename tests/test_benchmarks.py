@@ -139,4 +139,7 @@ def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
     torch = result["torch"]
     assert torch["parameters"] == result["parameters"] > 0
     assert torch["step_s"] > 0 and torch["peak_memory_gb"] > 0
-    assert result["torch_step_over_jax"] == pytest.approx(torch["step_s"] / result["step_s"], 0.05)
+    # The ratio is of the unrounded medians; the printed times are rounded to 1 ms.
+    ratio = result["torch_step_over_jax"]
+    assert ratio > 0
+    assert abs(ratio * result["step_s"] - torch["step_s"]) <= 6e-4 * (1 + ratio)
