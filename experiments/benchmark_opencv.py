@@ -68,10 +68,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +88,7 @@ from experiments.benchmark_models import (  # noqa: E402
     random_variables,
     xla_flops,
 )
+from experiments.peer_process import PeerProcess  # noqa: E402
 from yolov4_jax import darknet, inference  # noqa: E402
 from yolov4_jax.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
 from yolov4_jax.data.synthetic import render_image  # noqa: E402
@@ -194,39 +193,11 @@ def write_network(model: Network, variables, folder: str, size: int) -> tuple[st
     return cfg, weights
 
 
-class OpenCVPeer:
+class OpenCVPeer(PeerProcess):
     """The child process running OpenCV 4 (experiments/opencv_peer.py)."""
 
     def __init__(self, opencv_dir: str):
-        self.process = subprocess.Popen(
-            [sys.executable, PEER, opencv_dir],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-
-    def __call__(self, op: str, **request) -> dict:
-        self.process.stdin.write(json.dumps({"op": op, **request}) + "\n")
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the OpenCV process exited ({self.process.wait()})")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"OpenCV process, {op}:\n{answer['error']}")
-        return answer
-
-    def close(self) -> None:
-        try:
-            self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.process.stdin.close()
-        except BrokenPipeError:  # it has exited already
-            pass
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        super().__init__("OpenCV", PEER, opencv_dir)
 
 
 def _decode(model: Network, outputs, size: int):

@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from experiments.peer_process import PeerProcess  # noqa: E402
 
 TORCH_INSTALL = (
     "install it with: python -m pip install --target .cache/torch torch "
@@ -248,7 +249,7 @@ def benchmark(args) -> dict:
     return result
 
 
-class TorchPeer:
+class TorchPeer(PeerProcess):
     """experiments/torch_peer.py in a child process: the same network (the project's layer
     specs), batch and optimiser settings as an eager PyTorch step, from `torch_dir` (a
     `pip install --target` folder). The constructor returns once the child has built the
@@ -256,7 +257,6 @@ class TorchPeer:
 
     def __init__(self, torch_dir: str, layers, host_batch: dict, optim_config):
         import dataclasses
-        import subprocess
         import tempfile
 
         import numpy as np
@@ -276,32 +276,10 @@ class TorchPeer:
         setup_path = os.path.join(self.folder.name, "setup.json")
         with open(setup_path, "w") as f:
             json.dump(setup, f)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(ROOT, "experiments", "torch_peer.py"),
-                torch_dir,
-                setup_path,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
+        super().__init__(
+            "PyTorch", os.path.join(ROOT, "experiments", "torch_peer.py"), torch_dir, setup_path
         )
-        self.ready = self._answer("start")
-
-    def _answer(self, op: str) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the PyTorch process exited ({self.process.wait()}) at {op}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"PyTorch process, {op}:\n{answer['error']}")
-        return answer
-
-    def __call__(self, op: str, **request) -> dict:
-        self.process.stdin.write(json.dumps({"op": op, **request}) + "\n")
-        return self._answer(op)
+        self.ready = self.answer("start")
 
     def summary(self, times: list[float], batch: int) -> dict:
         median = statistics.median(times)
@@ -319,12 +297,7 @@ class TorchPeer:
         }
 
     def close(self) -> None:
-        try:
-            self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.process.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.process.wait(timeout=60)
+        super().close()
         self.folder.cleanup()
 
 

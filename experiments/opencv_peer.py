@@ -4,8 +4,9 @@
 
 OpenCV 5 dropped the darknet importer, and two cv2 builds cannot share a process, so the
 benchmark runs OpenCV 4.x here, with OPENCV_DIR (a `pip install --target` folder) first on
-sys.path, and talks to it over stdin/stdout: one JSON request per line, one JSON answer per
-line ({"error": traceback} on failure). Nothing here imports JAX. Requests:
+sys.path, and talks to it over stdin/stdout (experiments/peer_process.py: one JSON request per
+line, one JSON answer per line, {"error": traceback} on failure). Nothing here imports JAX.
+Requests:
 
 - {"op": "load", "cfg", "weights", "threads"}: reads the darknet files with
   `cv2.dnn.readNetFromDarknet` (backend OpenCV, target CPU), sets `cv2.setNumThreads`.
@@ -20,11 +21,15 @@ line ({"error": traceback} on failure). Nothing here imports JAX. Requests:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from experiments.peer_process import protocol_channel, serve  # noqa: E402
 
 
 def postprocess(outputs, batch: int, size: int, cv2, np, options: dict) -> list:
@@ -113,26 +118,14 @@ class Server:
 
 
 def main(opencv_dir: str) -> int:
-    # The protocol owns the real stdout; anything a library prints goes to stderr.
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
+    channel = protocol_channel()
     sys.path.insert(0, os.path.abspath(opencv_dir))
     import cv2
     import numpy as np
 
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
         raise SystemExit(f"{cv2.__file__} (OpenCV {cv2.__version__}) has no darknet importer")
-    server = Server(cv2, np)
-    for line in sys.stdin:
-        request = json.loads(line)
-        op = request.pop("op")
-        if op == "quit":
-            break
-        try:
-            answer = getattr(server, op)(**request)
-        except Exception:  # reported to the parent, which raises
-            answer = {"error": traceback.format_exc()}
-        channel.write(json.dumps(answer) + "\n")
+    serve(Server(cv2, np), channel)
     return 0
 
 

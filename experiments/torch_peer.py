@@ -24,11 +24,11 @@ YOLOv4 does, in float32, NCHW, eager:
   binary cross-entropy on objectness and classes;
 - backward, then `torch.optim.SGD` with momentum and weight decay on the conv kernels.
 
-stdin/stdout carry one JSON request and one JSON answer per line ({"error": traceback} on
-failure): {"op": "time", "steps": k} runs k timed steps and returns their times;
-{"op": "memory"} the process's resident set now and its peak since the warm-up step (VmHWM
-restarted after it); {"op": "quit"}. The first answer, sent unasked once the model is built
-and one warm-up step has run, says what was built.
+stdin/stdout carry one JSON request and one JSON answer per line (experiments/peer_process.py;
+{"error": traceback} on failure): {"op": "time", "steps": k} runs k timed steps and returns
+their times; {"op": "memory"} the process's resident set now and its peak since the warm-up
+step (VmHWM restarted after it); {"op": "quit"}. The first answer, sent unasked once the
+model is built and one warm-up step has run, says what was built.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ if ROOT not in sys.path:
 
 # Neither imports JAX: benchmark_train imports it lazily, hostmem needs ctypes only.
 from experiments.benchmark_train import reset_peak_rss, status_gb  # noqa: E402
+from experiments.peer_process import protocol_channel, send, serve  # noqa: E402
 from yolov4_jax import hostmem  # noqa: E402
 
 
@@ -262,9 +263,20 @@ class Peer:
         self.optimizer.step()
         return float(loss.detach())
 
+    def time(self, steps: int) -> dict:
+        times, loss = [], float("nan")
+        for _ in range(steps):
+            start = time.perf_counter()
+            loss = self.step()
+            times.append(time.perf_counter() - start)
+        return {"times": times, "loss": loss}
 
-def main(argv: list[str]) -> int:
-    torch_dir, setup_path = argv[1], argv[2]
+    def memory(self) -> dict:
+        return {"rss_gb": status_gb("VmRSS"), "peak_gb": status_gb("VmHWM")}
+
+
+def start(torch_dir: str, setup_path: str) -> tuple[Peer, dict]:
+    """Builds the peer and runs its warm-up step; returns it and the first answer."""
     malloc_defaults = hostmem.apply_defaults()  # the JAX side's host setting, before torch
     sys.path.insert(0, torch_dir)
     import torch
@@ -275,11 +287,11 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(setup["threads"])
     rss_before = status_gb("VmRSS")
     peer = Peer(torch, setup)
-    start = time.perf_counter()
+    begin = time.perf_counter()
     loss = peer.step()  # warm-up
-    warmup_s = time.perf_counter() - start
+    warmup_s = time.perf_counter() - begin
     reset_peak_rss()
-    answer = {
+    return peer, {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "malloc_defaults": malloc_defaults,
@@ -288,32 +300,19 @@ def main(argv: list[str]) -> int:
         "warmup_s": warmup_s,
         "loss": loss,
     }
-    print(json.dumps(answer), flush=True)
-    for line in sys.stdin:
-        try:
-            request = json.loads(line)
-            if request["op"] == "quit":
-                break
-            if request["op"] == "time":
-                times = []
-                for _ in range(request["steps"]):
-                    t = time.perf_counter()
-                    loss = peer.step()
-                    times.append(time.perf_counter() - t)
-                answer = {"times": times, "loss": loss}
-            elif request["op"] == "memory":
-                answer = {"rss_gb": status_gb("VmRSS"), "peak_gb": status_gb("VmHWM")}
-            else:
-                raise ValueError(f"unknown op {request['op']!r}")
-        except Exception:  # noqa: BLE001 - reported to the parent, which raises it
-            answer = {"error": traceback.format_exc()}
-        print(json.dumps(answer), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    channel = protocol_channel()
+    try:
+        peer, ready = start(argv[1], argv[2])
+    except Exception:  # noqa: BLE001 - the parent reads one JSON line
+        send(channel, {"error": traceback.format_exc()})
+        return 1
+    send(channel, ready)
+    serve(peer, channel)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv))
-    except Exception:  # noqa: BLE001 - the parent reads one JSON line
-        print(json.dumps({"error": traceback.format_exc()}), flush=True)
-        sys.exit(1)
+    sys.exit(main(sys.argv))
