@@ -35,6 +35,9 @@ def _model() -> ml_collections.ConfigDict:
     m.head_options = {}  # overrides of the [yolo] options (ignore_thresh, scale_x_y...)
     m.bn_momentum = 0.99  # Flax convention (weight of old stats); darknet's update rate .01
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # auto | xla | canonical: how conv gradients are written (same values); auto = canonical on
+    # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (layers.conv2d)
+    m.conv_gradients = "auto"
     return m
 
 
@@ -137,7 +140,7 @@ def _train() -> ml_collections.ConfigDict:
     t.sat = False  # Self-Adversarial Training, paper section 3.3 (yolov4.cfg: off)
     t.sat_prob = 0.5  # fraction of micro-batches after burn-in that get SAT (darknet .5)
     t.sat_lr = 0.05  # darknet adversarial_lr; the step is sat_lr * step / max_batches
-    t.unroll_subdivisions = False  # unroll micro-batches (~25x faster on CPU; longer compile)
+    t.unroll_subdivisions = False  # unroll micro-batches instead of lax.scan (longer compile)
     t.dropblock_ramp = 0.85  # DropBlock probability and block size ramp up over this fraction
     t.log_every = 50  # steps between metric writes (metrics.jsonl, TensorBoard, progress)
     t.eval_every = 5000  # steps between evaluations on the validation split (0: end only)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -367,6 +368,79 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
     np.testing.assert_allclose(
         grad(x, lambda x: layers.max_pool(x, spec)), grad(x, square), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "height,width,size,stride,padding",
+    [
+        (8, 9, 3, 1, 1),
+        (8, 9, 3, 2, 1),
+        (9, 8, 3, 2, 1),
+        (8, 8, 1, 1, 0),
+        (7, 8, 1, 2, 0),
+        (13, 12, 5, 1, 2),
+        (11, 10, 3, 2, 0),
+        (6, 6, 7, 1, 3),
+    ],
+)
+def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, padding):
+    # Both forms in float64: the same sums in another arrangement, equal to rounding.
+    from yolov4_jax.models import layers
+
+    k1, k2, k3 = jax.random.split(jax.random.key(size * 10 + stride), 3)
+    x = np.asarray(jax.random.normal(k1, (2, height, width, 3)), np.float64)
+    kernel = np.asarray(jax.random.normal(k2, (size, size, 3, 4)), np.float64)
+    out = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, padding, gradients="xla")
+    weights = np.asarray(jax.random.normal(k3, out.shape), np.float64)
+
+    def loss(x, kernel, gradients):
+        y = layers.conv2d(x, kernel, stride, padding, gradients=gradients)
+        return jnp.sum(jnp.sin(y) * weights)
+
+    with jax.enable_x64():
+        got = jax.grad(loss, (0, 1))(x, kernel, "canonical")
+        want = jax.grad(loss, (0, 1))(x, kernel, "xla")
+        assert got[0].dtype == got[1].dtype == jnp.float64
+        for value, reference in zip(got, want, strict=True):
+            np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_canonical_conv_gradients_stay_canonical_inside_scan():
+    # XLA:CPU turns convolutions into its Eigen form only in the entry computation; inside a
+    # scan body autodiff's gradient convolutions keep other dimension orders (and run as naive
+    # loops). The canonical form's are NHWC x HWIO -> NHWC wherever they are.
+    from yolov4_jax.models import layers
+
+    def step(kernel, images, gradients):
+        def body(total, x):
+            loss = lambda k: jnp.sum(layers.conv2d(x, k, 2, 1, gradients=gradients) ** 2)
+            return total + jax.grad(loss)(kernel), None
+
+        return jax.lax.scan(body, jnp.zeros_like(kernel), images)[0]
+
+    kernel, images = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 1, 8, 8, 4))
+    hlo = {
+        g: jax.jit(step, static_argnums=2).lower(kernel, images, g).compile().as_text()
+        for g in ("canonical", "xla")
+    }
+    labels = {g: set(re.findall(r"convolution\(.*dim_labels=([^,]+)", t)) for g, t in hlo.items()}
+    if jax.default_backend() == "cpu":
+        assert labels["canonical"] == {"b01f_01io->b01f"}
+        assert labels["xla"] - {"b01f_01io->b01f"}  # the behaviour this form works around
+    np.testing.assert_allclose(
+        jax.jit(step, static_argnums=2)(kernel, images, "canonical"),
+        jax.jit(step, static_argnums=2)(kernel, images, "xla"),
+        rtol=1e-5,
+    )
+
+
+def test_conv_gradients_setting_is_checked():
+    from yolov4_jax.models import layers
+
+    with pytest.raises(ValueError, match="conv gradients must be one of"):
+        layers.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((1, 1, 1, 1)), 1, 0, gradients="fast")
+    with pytest.raises(ValueError, match="config.model.conv_gradients"):
+        factory.create_model(_config(conv_gradients="fast"))
 
 
 # darknet's csresnext50.cfg, read from its text: per stage, the filters of the blocks and of the

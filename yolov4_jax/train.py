@@ -299,8 +299,8 @@ def make_train_step(
         cmbn0 = zero_cmbn(state.batch_stats) if use_cmbn else {}
         carry = (zeros, state.batch_stats, cmbn0, state.cbn)
         if subdivisions == 1 or tc.unroll_subdivisions:
-            # XLA:CPU runs convolutions inside a while loop several times slower than
-            # outside one, so short accumulations can be unrolled (longer compile).
+            # Unrolled: more memory and a longer compile than the scan, no faster once the
+            # scan's gradient convolutions are canonical (model.conv_gradients).
             per_micro = []
             for i in range(subdivisions):
                 carry, m = micro_step(carry, jax.tree.map(lambda x, i=i: x[i], (micro, keys)))

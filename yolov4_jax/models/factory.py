@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from yolov4_jax.models import csp, cspresnext, tiny, yolov4
+from yolov4_jax.models import layers as layers_lib
 from yolov4_jax.models.network import Network
 
 VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cspdarknet53", "cspresnext50", "cfg")
@@ -117,11 +118,24 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
     """A `Network` for `config.model` (a darknet cfg file when `name == "cfg"`)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+    if model_config.conv_gradients not in layers_lib.CONV_GRADIENTS:
+        raise ValueError(
+            f"config.model.conv_gradients must be one of {layers_lib.CONV_GRADIENTS}, "
+            f"got {model_config.conv_gradients!r}"
+        )
     if model_config.name == "cfg":
         from yolov4_jax import darknet
 
         return darknet.model_from_cfg(
-            model_config.cfg_path, bn_momentum=model_config.bn_momentum, dtype=dtype
+            model_config.cfg_path,
+            bn_momentum=model_config.bn_momentum,
+            dtype=dtype,
+            conv_gradients=model_config.conv_gradients,
         )
     layers = model_layers(model_config, num_classes)
-    return Network(layers, bn_momentum=model_config.bn_momentum, dtype=dtype)
+    return Network(
+        layers,
+        bn_momentum=model_config.bn_momentum,
+        dtype=dtype,
+        conv_gradients=model_config.conv_gradients,
+    )

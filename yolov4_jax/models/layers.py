@@ -141,6 +141,92 @@ def _cmbn_bwd(name, residuals, cotangents):
 normalize_activate_cmbn.defvjp(_cmbn_fwd, _cmbn_bwd)
 
 
+CONV_GRADIENTS = ("auto", "xla", "canonical")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int,
+    padding: int,
+    groups: int = 1,
+    gradients: str = "auto",
+) -> jax.Array:
+    """NHWC x HWIO convolution with symmetric zero padding.
+
+    ``gradients`` picks how its backward pass is expressed (the values are equal either way):
+    "xla" is autodiff of `jax.lax.conv_general_dilated`; "canonical" is `canonical_conv2d`,
+    whose input and filter gradients are themselves NHWC x HWIO convolutions; "auto" is
+    "canonical" where JAX's default backend is the CPU and "xla" elsewhere. XLA:CPU brings
+    autodiff's gradient convolutions into that form (the one its Eigen kernels take) only in
+    the program's entry computation (service/cpu/conv_canonicalization.cc): inside a
+    `lax.scan` (micro-batches) or a `lax.cond` (SAT) it runs them as naive loops, 26-60x
+    slower. Grouped convolutions always use "xla".
+    """
+    if gradients not in CONV_GRADIENTS:
+        raise ValueError(f"conv gradients must be one of {CONV_GRADIENTS}, got {gradients!r}")
+    if gradients == "auto":
+        gradients = "canonical" if jax.default_backend() == "cpu" else "xla"
+    if gradients == "canonical" and groups == 1:
+        return canonical_conv2d(x, kernel, stride, padding)
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=_NHWC,
+        feature_group_count=groups,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """`conv2d` whose backward pass is written as two NHWC x HWIO convolutions.
+
+    Input gradient: the output gradient dilated by the stride, convolved with the kernel
+    flipped in space and with its in/out channels swapped. Filter gradient: the input with
+    its channels as the batch and its batch as the channels, convolved with the output
+    gradient as the kernel (dilated by the stride); rows and columns no window reaches are
+    sliced off first.
+    """
+    pad = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
+
+
+def _canonical_conv2d_fwd(x, kernel, stride, padding):
+    return canonical_conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _canonical_conv2d_bwd(stride, padding, residuals, grad):
+    x, kernel = residuals
+    p, k = padding, kernel.shape[0]
+    sizes, out_sizes = x.shape[1:3], grad.shape[1:3]
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    pads = [
+        (k - 1 - p, s - (o - 1) * stride - 1 + p) for s, o in zip(sizes, out_sizes, strict=True)
+    ]
+    grad_x = jax.lax.conv_general_dilated(
+        grad, flipped, (1, 1), pads, lhs_dilation=(stride, stride), dimension_numbers=_NHWC
+    )
+    # Rows (columns) of x, counted from the top padding, that some window covers.
+    extent = [(o - 1) * stride + k - p for o in out_sizes]
+    used = x[:, : min(sizes[0], extent[0]), : min(sizes[1], extent[1])]
+    pads = [(p, max(0, e - s)) for e, s in zip(extent, used.shape[1:3], strict=True)]
+    grad_kernel = jax.lax.conv_general_dilated(
+        used.transpose(3, 1, 2, 0),
+        grad.transpose(1, 2, 0, 3),
+        (1, 1),
+        pads,
+        rhs_dilation=(stride, stride),
+        dimension_numbers=_NHWC,
+    )
+    return grad_x, grad_kernel.transpose(1, 2, 0, 3)
+
+
+canonical_conv2d.defvjp(_canonical_conv2d_fwd, _canonical_conv2d_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over [N, H, W] with darknet's epsilon placement.
 
@@ -210,6 +296,7 @@ class ConvBN(nn.Module):
     spec: specs.Conv
     bn_momentum: float = 0.99
     dtype: Any = jnp.float32
+    conv_gradients: str = "auto"  # see `conv2d`
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -227,13 +314,13 @@ class ConvBN(nn.Module):
         p = s.padding
 
         def conv(inputs, weights):
-            return jax.lax.conv_general_dilated(
+            return conv2d(
                 inputs.astype(self.dtype),
                 weights.astype(self.dtype),
-                window_strides=(s.stride, s.stride),
-                padding=((p, p), (p, p)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=s.groups,
+                s.stride,
+                p,
+                s.groups,
+                self.conv_gradients,
             )
 
         y = conv(x, kernel)
@@ -335,6 +422,7 @@ class SpatialAttention(nn.Module):
 
     size: int = 7
     dtype: Any = jnp.float32
+    conv_gradients: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -342,7 +430,9 @@ class SpatialAttention(nn.Module):
             [jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
         )
         spec = specs.Conv(1, self.size, 1, self.size // 2, activation="logistic")
-        attention = ConvBN(spec, dtype=self.dtype, name="conv")(pooled, True)
+        attention = ConvBN(spec, dtype=self.dtype, conv_gradients=self.conv_gradients, name="conv")(
+            pooled, True
+        )
         return x * attention
 
 

@@ -39,6 +39,9 @@ class Network(nn.Module):
         update rate is 0.99 here).
       dtype: compute dtype of convolutions (float32, or bfloat16 for mixed precision; BN
         statistics and outputs stay float32).
+      conv_gradients: how convolution gradients are expressed ("auto", "xla", "canonical";
+        see `layers.conv2d`). The values are the same; "auto" picks the fast form for the
+        backend.
       net: darknet's [net] options (input size, channels, training keys), kept so that a
         model exports to a complete cfg.
 
@@ -53,6 +56,7 @@ class Network(nn.Module):
     layers: tuple[specs.Spec, ...]
     bn_momentum: float = 0.99
     dtype: Any = jnp.float32
+    conv_gradients: str = "auto"
     # darknet [net] options as (key, value) pairs; written back by `darknet.save`.
     net: tuple[tuple[str, str], ...] = ()
 
@@ -76,9 +80,10 @@ class Network(nn.Module):
         for i, spec in enumerate(self.layers):
             name = layer_name(i)
             if isinstance(spec, specs.Conv):
-                x = layers.ConvBN(spec, self.bn_momentum, self.dtype, name=name)(
-                    x, use_running_average
+                conv = layers.ConvBN(
+                    spec, self.bn_momentum, self.dtype, self.conv_gradients, name=name
                 )
+                x = conv(x, use_running_average)
             elif isinstance(spec, specs.MaxPool):
                 x = layers.max_pool(x, spec)
             elif isinstance(spec, specs.Upsample):
@@ -103,7 +108,9 @@ class Network(nn.Module):
             elif isinstance(spec, specs.Sam):
                 x = x * outputs[spec.layer]
             elif isinstance(spec, specs.SpatialAttention):
-                x = layers.SpatialAttention(spec.size, self.dtype, name=name)(x)
+                x = layers.SpatialAttention(spec.size, self.dtype, self.conv_gradients, name=name)(
+                    x
+                )
             elif isinstance(spec, specs.DropBlock):
                 x = layers.DropBlock(spec.probability, spec.block_size, name=name)(
                     x, train, dropblock_scale
