@@ -366,7 +366,12 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
     weights = jax.random.normal(jax.random.key(1), square(x).shape)
     grad = jax.grad(lambda x, pool: jnp.sum(pool(x) * weights), argnums=0)
     np.testing.assert_allclose(
-        grad(x, lambda x: layers.max_pool(x, spec)), grad(x, square), rtol=1e-6, atol=1e-6
+        # Overlapping windows sum several weights into one cell, in an order that depends on
+        # how XLA compiles each form: equal to float32 rounding of those sums.
+        grad(x, lambda x: layers.max_pool(x, spec)),
+        grad(x, square),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 

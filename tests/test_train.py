@@ -317,7 +317,7 @@ def test_one_device_and_eight_devices_give_the_same_update():
         """
     )
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
     result = subprocess.run(
