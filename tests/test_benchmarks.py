@@ -3,6 +3,7 @@ is installed in .cache/opencv4; tests never download it) the agreement with Open
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -143,3 +144,20 @@ def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
     ratio = result["torch_step_over_jax"]
     assert ratio > 0
     assert abs(ratio * result["step_s"] - torch["step_s"]) <= 6e-4 * (1 + ratio)
+
+
+def test_conv_gradient_benchmark_covers_every_convolution(capsys):
+    from experiments import benchmark_conv_gradients as conv_bench
+    from yolov4_jax.models import specs, yolov4_tiny_layers
+
+    argv = ["--model", "yolov4_tiny", "--size", "32", "--batch", "1", "--iters", "1"]
+    assert conv_bench.main([*argv, "--rounds", "1", "--top", "0"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows, summary = lines[:-1], lines[-1]
+    convs = sum(isinstance(s, specs.Conv) for s in yolov4_tiny_layers())
+    assert summary["convs"] == sum(r["count"] for r in rows) == convs
+    for form in ("xla", "canonical"):
+        total = sum(r[f"{form}_ms"] * r["count"] for r in rows)
+        assert summary[f"total_{form}_ms"] == pytest.approx(total, abs=0.1) and total > 0
+    # The first layer, 3x3 stride 2 on the 32x32 image.
+    assert any(r["layer"] == "3x3/2 32x32x3->32" for r in rows)

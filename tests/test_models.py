@@ -386,6 +386,10 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
         (13, 12, 5, 1, 2),
         (11, 10, 3, 2, 0),
         (6, 6, 7, 1, 3),
+        (13, 13, 3, 2, 1),  # odd sizes: the input-gradient phases differ in length
+        (10, 11, 5, 2, 2),
+        (12, 10, 3, 3, 1),
+        (9, 9, 1, 3, 0),  # phases no tap reaches get zero gradient
     ],
 )
 def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, padding):
