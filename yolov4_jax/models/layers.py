@@ -182,13 +182,13 @@ def conv2d(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """`conv2d` whose backward pass is written as two NHWC x HWIO convolutions.
+    """`conv2d` whose backward pass is written as NHWC x HWIO convolutions.
 
-    Input gradient: the output gradient dilated by the stride, convolved with the kernel
-    flipped in space and with its in/out channels swapped. Filter gradient: the input with
-    its channels as the batch and its batch as the channels, convolved with the output
-    gradient as the kernel (dilated by the stride); rows and columns no window reaches are
-    sliced off first.
+    Input gradient: the output gradient convolved with the kernel flipped in space and with
+    its in/out channels swapped, phase by phase for strides above 1 (`_input_gradient`).
+    Filter gradient: the input with its channels as the batch and its batch as the channels,
+    convolved with the output gradient as the kernel (dilated by the stride); rows and
+    columns no window reaches are sliced off first.
     """
     pad = ((padding, padding), (padding, padding))
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
@@ -202,12 +202,7 @@ def _canonical_conv2d_bwd(stride, padding, residuals, grad):
     x, kernel = residuals
     p, k = padding, kernel.shape[0]
     sizes, out_sizes = x.shape[1:3], grad.shape[1:3]
-    if stride == 1:
-        flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-        pads = [(k - 1 - p, s - o + p) for s, o in zip(sizes, out_sizes, strict=True)]
-        grad_x = jax.lax.conv_general_dilated(grad, flipped, (1, 1), pads, dimension_numbers=_NHWC)
-    else:
-        grad_x = _strided_input_gradient(grad, kernel, stride, p, sizes)
+    grad_x = _input_gradient(grad, kernel, stride, p, sizes)
     # Rows (columns) of x, counted from the top padding, that some window covers.
     extent = [(o - 1) * stride + k - p for o in out_sizes]
     used = x[:, : min(sizes[0], extent[0]), : min(sizes[1], extent[1])]
@@ -241,14 +236,15 @@ def _phase_taps(size: int, out_size: int, k: int, stride: int, padding: int):
     return length, phases
 
 
-def _strided_input_gradient(grad, kernel, stride, padding, sizes):
-    """Input gradient of a strided convolution by phases (sub-pixel): input row r = stride * a
-    + phase receives only the taps u = phase + padding (mod stride), so each of the stride^2
-    phases is a stride-1 convolution of the output gradient with those taps, and the phases
-    interleave into the input. The same products as convolving the stride-dilated gradient,
-    without the (stride^2 - 1) / stride^2 of multiplications by its inserted zeros. On XLA:CPU
-    the backward pass of YOLOv4's 416->208 layer (batch 2) went from 208 to 135 ms, of its
-    208->104 layer from 104 to 81 ms (experiments/benchmark_conv_gradients.py)."""
+def _input_gradient(grad, kernel, stride, padding, sizes):
+    """Input gradient by phases (sub-pixel): input row r = stride * a + phase receives only the
+    taps u = phase + padding (mod stride), so each of the stride^2 phases is a stride-1
+    convolution of the output gradient with those taps, and the phases interleave into the
+    input (at stride 1: one phase, the whole flipped kernel). The same products as convolving
+    the stride-dilated gradient, without the (stride^2 - 1) / stride^2 of multiplications by
+    its inserted zeros. On XLA:CPU the backward pass of YOLOv4's 416->208 layer (batch 2) went
+    from 208 to 135 ms, of its 208->104 layer from 104 to 81 ms
+    (experiments/benchmark_conv_gradients.py)."""
     k, n, channels = kernel.shape[0], grad.shape[0], kernel.shape[2]
     rows, row_phases = _phase_taps(sizes[0], grad.shape[1], k, stride, padding)
     cols, col_phases = _phase_taps(sizes[1], grad.shape[2], k, stride, padding)
@@ -260,10 +256,10 @@ def _strided_input_gradient(grad, kernel, stride, padding, sizes):
                 phases.append(jnp.zeros((n, rows, cols, channels), grad.dtype))
                 continue
             taps = jnp.flip(swapped[row_taps, col_taps], (0, 1))
-            pads = ((0, 0, 0), (row_lo, row_hi, 0), (col_lo, col_hi, 0), (0, 0, 0))
-            padded = jax.lax.pad(grad, jnp.zeros((), grad.dtype), pads)
+            # (Negative padding, which crops, occurs only at strides above 2.)
+            pads = [(row_lo, row_hi), (col_lo, col_hi)]
             phases.append(
-                jax.lax.conv_general_dilated(padded, taps, (1, 1), "VALID", dimension_numbers=_NHWC)
+                jax.lax.conv_general_dilated(grad, taps, (1, 1), pads, dimension_numbers=_NHWC)
             )
     # [phase_r * stride + phase_c] -> [N, rows, phase_r, cols, phase_c, C] -> [N, H, W, C]
     grid = jnp.stack(phases, 0).reshape(stride, stride, n, rows, cols, channels)
