@@ -1,0 +1,192 @@
+"""The layers' numerics: Mish, the fused BatchNorm + activation (plain and CmBN) with their
+written-out backward passes, the separable max-pool, and the canonical convolution gradients,
+each against its textbook form or autodiff (float64 where rounding matters)."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolov4_jax.models import layers, specs
+
+
+def test_mish_matches_the_textbook_form_and_darknets_threshold():
+
+    x = jnp.linspace(-40.0, 40.0, 200001)
+    softplus = jnp.where(x > 20.0, x, jnp.log1p(jnp.exp(jnp.minimum(x, 20.0))))
+    np.testing.assert_allclose(layers.mish(x), x * jnp.tanh(softplus), rtol=1e-6, atol=5e-6)
+    grad = jax.vmap(jax.grad(layers.mish))(x)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    np.testing.assert_allclose(grad[x > 21.0], 1.0)  # the identity above the threshold
+
+
+@pytest.mark.parametrize("name", ["mish", "leaky", "linear", "logistic", "swish", "relu"])
+def test_normalize_activate_matches_autodiff_of_the_textbook_form(name):
+    # The fused BN + activation has a hand-written backward; autodiff of the plain formula
+    # in float64 is the reference for the output, the statistics and all three gradients.
+
+    def textbook(x, scale, bias):
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+        y = (x - mean) / jnp.sqrt(var + layers.BN_EPSILON) * scale + bias
+        return layers.activation(y, name), mean, var
+
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(k1, (2, 5, 4, 6)) * 3 + 1
+    scale = jax.random.uniform(k2, (6,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(k3, (6,))
+    weights = jax.random.normal(k4, (2, 5, 4, 6))
+    with jax.enable_x64():
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
+        expected = [np.asarray(v) for v in textbook(*args64)]
+        grads64 = jax.grad(lambda *a: jnp.sum(textbook(*a)[0] * weights), (0, 1, 2))(*args64)
+        grads64 = [np.asarray(g) for g in grads64]
+    got = layers.normalize_activate(x, scale, bias, name)
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=2e-5, atol=2e-5)
+    grads = jax.grad(
+        lambda *a: jnp.sum(layers.normalize_activate(*a, name)[0] * weights), (0, 1, 2)
+    )(x, scale, bias)
+    for value, reference in zip(grads, grads64, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-4)
+    # bfloat16 inputs: statistics and arithmetic in float32, output and input gradient bf16.
+    out16 = layers.normalize_activate(x.astype(jnp.bfloat16), scale, bias, name)[0]
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out16.astype(jnp.float32), expected[0], rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("name,count", [("mish", 2.0), ("leaky", 0.0)])
+def test_normalize_activate_cmbn_matches_autodiff_of_the_textbook_form(name, count):
+    # CmBN: micro-batch count + 1 averages its statistics with the update's earlier ones
+    # (constants). Reference: autodiff of the formula in float64.
+
+    def textbook(x, scale, bias, acc_mean, acc_sq):
+        k = count + 1.0
+        mean = (acc_mean * count + jnp.mean(x, axis=(0, 1, 2))) / k
+        mean_sq = (acc_sq * count + jnp.mean(jnp.square(x), axis=(0, 1, 2))) / k
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        y = (x - mean) / jnp.sqrt(var + layers.BN_EPSILON) * scale + bias
+        return layers.activation(y, name), mean, mean_sq, var
+
+    keys = jax.random.split(jax.random.key(5), 5)
+    x = jax.random.normal(keys[0], (2, 4, 3, 5)) * 2 + 0.5
+    scale = jax.random.uniform(keys[1], (5,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(keys[2], (5,))
+    acc_mean = jax.random.normal(keys[3], (5,))
+    acc_sq = jnp.square(acc_mean) + jax.random.uniform(keys[4], (5,), minval=0.5, maxval=3.0)
+    weights = jax.random.normal(jax.random.key(9), x.shape)
+    with jax.enable_x64():
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias, acc_mean, acc_sq)]
+        expected = [np.asarray(v) for v in textbook(*args64)]
+        grads64 = jax.grad(lambda *a: jnp.sum(textbook(*a)[0] * weights), (0, 1, 2))(*args64)
+    fused = functools.partial(layers.normalize_activate_cmbn, name=name)
+    got = fused(x, scale, bias, acc_mean, acc_sq, jnp.float32(count))
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=2e-5, atol=2e-5)
+    grads = jax.grad(
+        lambda *a: jnp.sum(fused(*a, acc_mean, acc_sq, jnp.float32(count))[0] * weights),
+        (0, 1, 2),
+    )(x, scale, bias)
+    for value, reference in zip(grads, grads64, strict=True):
+        np.testing.assert_allclose(value, np.asarray(reference), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "size,stride,padding",
+    [(5, 1, 4), (9, 1, 8), (13, 1, 12), (2, 2, 0), (2, 1, 1), (3, 2, 1), (2, 2, 1)],
+)
+def test_separable_max_pool_equals_the_square_window(size, stride, padding):
+    # max_pool runs rows then columns; the square window is the definition (darknet's loop).
+
+    spec = specs.MaxPool(size, stride, padding)
+    before = padding // 2
+    pads = ((0, 0), (before, padding - before), (before, padding - before), (0, 0))
+
+    def square(x):
+        window, strides = (1, size, size, 1), (1, stride, stride, 1)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+    x = jax.random.normal(jax.random.key(size * 10 + stride), (2, 13, 11, 5))
+    np.testing.assert_array_equal(layers.max_pool(x, spec), square(x))
+    # No ties in random data: the gradient reaches the same argmax cells.
+    weights = jax.random.normal(jax.random.key(1), square(x).shape)
+    grad = jax.grad(lambda x, pool: jnp.sum(pool(x) * weights), argnums=0)
+    np.testing.assert_allclose(
+        # Overlapping windows sum several weights into one cell, in an order that depends on
+        # how XLA compiles each form: equal to float32 rounding of those sums.
+        grad(x, lambda x: layers.max_pool(x, spec)),
+        grad(x, square),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "height,width,size,stride,padding",
+    [
+        (8, 9, 3, 1, 1),
+        (8, 9, 3, 2, 1),
+        (9, 8, 3, 2, 1),
+        (8, 8, 1, 1, 0),
+        (7, 8, 1, 2, 0),
+        (13, 12, 5, 1, 2),
+        (11, 10, 3, 2, 0),
+        (6, 6, 7, 1, 3),
+        (13, 13, 3, 2, 1),  # odd sizes: the input-gradient phases differ in length
+        (10, 11, 5, 2, 2),
+        (12, 10, 3, 3, 1),
+        (9, 9, 1, 3, 0),  # phases no tap reaches get zero gradient
+    ],
+)
+def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, padding):
+    # Both forms in float64: the same sums in another arrangement, equal to rounding.
+
+    k1, k2, k3 = jax.random.split(jax.random.key(size * 10 + stride), 3)
+    x = np.asarray(jax.random.normal(k1, (2, height, width, 3)), np.float64)
+    kernel = np.asarray(jax.random.normal(k2, (size, size, 3, 4)), np.float64)
+    out = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, padding, gradients="xla")
+    weights = np.asarray(jax.random.normal(k3, out.shape), np.float64)
+
+    def loss(x, kernel, gradients):
+        y = layers.conv2d(x, kernel, stride, padding, gradients=gradients)
+        return jnp.sum(jnp.sin(y) * weights)
+
+    with jax.enable_x64():
+        got = jax.grad(loss, (0, 1))(x, kernel, "canonical")
+        want = jax.grad(loss, (0, 1))(x, kernel, "xla")
+        assert got[0].dtype == got[1].dtype == jnp.float64
+        for value, reference in zip(got, want, strict=True):
+            np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_canonical_conv_gradients_stay_canonical_inside_scan():
+    # XLA:CPU turns convolutions into its Eigen form only in the entry computation; inside a
+    # scan body autodiff's gradient convolutions keep other dimension orders (and run as naive
+    # loops). The canonical form's are NHWC x HWIO -> NHWC wherever they are.
+
+    def step(kernel, images, gradients):
+        def body(total, x):
+            loss = lambda k: jnp.sum(layers.conv2d(x, k, 2, 1, gradients=gradients) ** 2)
+            return total + jax.grad(loss)(kernel), None
+
+        return jax.lax.scan(body, jnp.zeros_like(kernel), images)[0]
+
+    kernel, images = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 1, 8, 8, 4))
+    hlo = {
+        g: jax.jit(step, static_argnums=2).lower(kernel, images, g).compile().as_text()
+        for g in ("canonical", "xla")
+    }
+    labels = {g: set(re.findall(r"convolution\(.*dim_labels=([^,]+)", t)) for g, t in hlo.items()}
+    if jax.default_backend() == "cpu":
+        assert labels["canonical"] == {"b01f_01io->b01f"}
+        assert labels["xla"] - {"b01f_01io->b01f"}  # the behaviour this form works around
+    np.testing.assert_allclose(
+        jax.jit(step, static_argnums=2)(kernel, images, "canonical"),
+        jax.jit(step, static_argnums=2)(kernel, images, "xla"),
+        rtol=1e-5,
+    )
