@@ -56,7 +56,7 @@ def conv_shapes(model_name: str, size: int, batch: int) -> collections.Counter:
     return found
 
 
-def _backward(size, stride, padding, groups, gradients):
+def _backward(stride, padding, groups, gradients):
     def grads(x, kernel, cotangent):
         _, vjp = jax.vjp(
             lambda x, k: layers.conv2d(x, k, stride, padding, groups, gradients), x, kernel
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             kernel,
         )
         cotangent = jax.random.normal(keys[2], out.shape)
-        fns = {g: _backward(size, stride, padding, groups, g) for g in ("xla", "canonical")}
+        fns = {g: _backward(stride, padding, groups, g) for g in ("xla", "canonical")}
         times = {g: [] for g in fns}
         for _ in range(args.rounds):
             for g, fn in fns.items():

@@ -161,7 +161,7 @@ def conv2d(
     "canonical" where JAX's default backend is the CPU and "xla" elsewhere. XLA:CPU brings
     autodiff's gradient convolutions into that form (the one its Eigen kernels take) only in
     the program's entry computation (service/cpu/conv_canonicalization.cc): inside a
-    `lax.scan` (micro-batches) or a `lax.cond` (SAT) it runs them as naive loops, 26-60x
+    `lax.scan` (micro-batches) or a `lax.cond` (SAT) it runs them as naive loops, 12-45x
     slower. Grouped convolutions always use "xla".
     """
     if gradients not in CONV_GRADIENTS:
