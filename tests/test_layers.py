@@ -133,6 +133,7 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
         (8, 9, 3, 2, 1),
         (9, 8, 3, 2, 1),
         (8, 8, 1, 1, 0),
+        (128, 64, 1, 1, 0),  # 16384 positions: the 1x1 filter gradient in two chunks
         (7, 8, 1, 2, 0),
         (13, 12, 5, 1, 2),
         (11, 10, 3, 2, 0),
