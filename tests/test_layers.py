@@ -127,28 +127,33 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
 
 
 @pytest.mark.parametrize(
-    "height,width,size,stride,padding",
+    "height,width,size,stride,padding,batch",
     [
-        (8, 9, 3, 1, 1),
-        (8, 9, 3, 2, 1),
-        (9, 8, 3, 2, 1),
-        (8, 8, 1, 1, 0),
-        (128, 64, 1, 1, 0),  # 16384 positions: the 1x1 filter gradient in two chunks
-        (7, 8, 1, 2, 0),
-        (13, 12, 5, 1, 2),
-        (11, 10, 3, 2, 0),
-        (6, 6, 7, 1, 3),
-        (13, 13, 3, 2, 1),  # odd sizes: the input-gradient phases differ in length
-        (10, 11, 5, 2, 2),
-        (12, 10, 3, 3, 1),
-        (9, 9, 1, 3, 0),  # phases no tap reaches get zero gradient
+        (8, 9, 3, 1, 1, 2),
+        (8, 9, 3, 2, 1, 2),
+        (9, 8, 3, 2, 1, 2),
+        (8, 8, 1, 1, 0, 2),
+        (128, 64, 1, 1, 0, 2),  # 16384 positions: the 1x1 filter gradient in two chunks
+        (7, 8, 1, 2, 0, 2),
+        (13, 12, 5, 1, 2, 2),
+        (11, 10, 3, 2, 0, 2),
+        (6, 6, 7, 1, 3, 2),
+        (13, 13, 3, 2, 1, 2),  # odd sizes: the input-gradient phases differ in length
+        (10, 11, 5, 2, 2, 2),
+        (12, 10, 3, 3, 1, 2),
+        (9, 9, 1, 3, 0, 2),  # phases no tap reaches get zero gradient
+        # From a batch of 8 the filter gradient is one dilated convolution.
+        (8, 9, 3, 1, 1, 8),
+        (13, 13, 3, 2, 1, 8),
+        (12, 10, 3, 3, 1, 8),
+        (7, 8, 1, 2, 0, 8),
     ],
 )
-def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, padding):
+def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, padding, batch):
     # Both forms in float64: the same sums in another arrangement, equal to rounding.
 
     k1, k2, k3 = jax.random.split(jax.random.key(size * 10 + stride), 3)
-    x = np.asarray(jax.random.normal(k1, (2, height, width, 3)), np.float64)
+    x = np.asarray(jax.random.normal(k1, (batch, height, width, 3)), np.float64)
     kernel = np.asarray(jax.random.normal(k2, (size, size, 3, 4)), np.float64)
     out = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, padding, gradients="xla")
     weights = np.asarray(jax.random.normal(k3, out.shape), np.float64)

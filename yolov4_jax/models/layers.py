@@ -205,31 +205,55 @@ def _canonical_conv2d_bwd(stride, padding, residuals, grad):
 
 
 def _filter_gradient(x, grad, k, stride, padding):
-    """Filter gradient by phases: the taps u = phase (mod stride) of a strided convolution
-    only ever meet the input rows r = stride * a + phase - padding, so each of the stride^2
-    phases is a stride-1 correlation of that subsampled input (channels as the batch, the
-    batch as the channels) with the output gradient as the kernel, and the phases' taps
-    interleave into the kernel (at stride 1: one phase, every tap). Against one convolution
-    with the gradient dilated by the stride, Eigen skips nothing.
-
-    The input is zero-padded and cropped here, behind `optimization_barrier`: XLA would fold
-    a visible pad into the convolution's own padding, and Eigen's convolution with a kernel
-    the size of the image (the gradient) runs about half as fast with padding. YOLOv4 at
-    416, batch 2: the 3x3 stride-1 layers' filter gradients 1.6-2x faster, the whole training
-    step ~10% (experiments/benchmark_conv_gradients.py, docs/benchmarks.md)."""
-    n, out_h, out_w, filters = grad.shape
+    """The filter gradient as NHWC x HWIO convolutions (or a product), in the form that
+    Eigen runs fastest for the layer (experiments/benchmark_conv_gradients.py): a 1x1 layer's
+    is a matrix product; otherwise the input, its channels as the batch and its batch as the
+    channels, is correlated with the output gradient as the kernel, by phases when the batch
+    is under 8 and in one convolution with the gradient dilated by the stride from 8 up."""
     if k == 1 and stride == 1 and padding == 0:
-        # A matrix product over batch and space, in chunks of >= 8192 of its (image, row)
-        # positions, summed: Eigen runs one product with a contraction this long and only
-        # 32-128 rows and columns 1.5-3x slower (the 208x208 layers of YOLOv4 at 416).
-        rows = n * out_h
-        chunks = max(d for d in range(1, max(1, rows * out_w // 8192) + 1) if rows % d == 0)
-        parts = jnp.einsum(
-            "bkc,bko->bco",
-            x.reshape(chunks, -1, x.shape[3]),
-            grad.reshape(chunks, -1, filters),
-        )
-        return parts.sum(0)[None, None]
+        return _filter_gradient_1x1(x, grad)
+    if x.shape[0] < 8:
+        return _filter_gradient_by_phases(x, grad, k, stride, padding)
+    # Rows (columns) of x, counted from the top padding, that some window covers.
+    extent = [(o - 1) * stride + k - padding for o in grad.shape[1:3]]
+    used = x[:, : min(x.shape[1], extent[0]), : min(x.shape[2], extent[1])]
+    pads = [(padding, max(0, e - s)) for e, s in zip(extent, used.shape[1:3], strict=True)]
+    kernel_grad = jax.lax.conv_general_dilated(
+        used.transpose(3, 1, 2, 0),
+        grad.transpose(1, 2, 0, 3),
+        (1, 1),
+        pads,
+        rhs_dilation=(stride, stride),
+        dimension_numbers=_NHWC,
+    )
+    return kernel_grad.transpose(1, 2, 0, 3)
+
+
+def _filter_gradient_1x1(x, grad):
+    """A matrix product over batch and space, in chunks of >= 8192 (image, row) positions,
+    summed: Eigen runs one product with a contraction this long and only 32-128 rows and
+    columns 1.5-3x slower (YOLOv4's 208x208 layers at 416)."""
+    n, height, width, filters = grad.shape
+    rows = n * height
+    chunks = max(d for d in range(1, max(1, rows * width // 8192) + 1) if rows % d == 0)
+    parts = jnp.einsum(
+        "bkc,bko->bco", x.reshape(chunks, -1, x.shape[3]), grad.reshape(chunks, -1, filters)
+    )
+    return parts.sum(0)[None, None]
+
+
+def _filter_gradient_by_phases(x, grad, k, stride, padding):
+    """For small batches, whose batch is the convolutions' innermost (channel) dimension:
+    the taps u = phase (mod stride) only meet input rows r = stride * a + phase - padding, so
+    each of the stride^2 phases is a stride-1 correlation of that subsampled input with the
+    output gradient, and the phases' taps interleave into the kernel (stride 1: one phase,
+    every tap). The input is zero-padded and cropped here, behind `optimization_barrier`:
+    XLA would fold a visible pad into the convolution's padding, with which Eigen's
+    convolution, whose kernel here is as large as the image, runs about half as fast with a
+    batch of 2. YOLOv4 at 416, batch 2: the 3x3 stride-1 layers' filter gradients 1.6-2x
+    faster, the stride-2 ones 1-1.6x; from a batch of 8 up the one dilated convolution is
+    as fast or faster."""
+    n, out_h, out_w, filters = grad.shape
     s, p = stride, padding
     taps = [len(range(phase, k, s)) for phase in range(s)]
     # Padded rows (columns) reach index phase + s * (out + taps - 2) in phase `phase`.
