@@ -313,31 +313,38 @@ def make_train_step(
         metrics = {
             k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in metrics.items()
         }
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            cbn=cbn,
-        )
-        if ema_on:
-            o = config.optim
-            new_state = new_state.replace(
-                ema_params=optim.ema_update(
-                    state.ema_params,
-                    params,
-                    o.ema_decay,
-                    state.step + 1,
-                    warmup_steps=o.ema_warmup_steps,
-                    start_step=o.ema_start_step,
-                )
-            )
         grad_norm = optax.tree.norm(grads)
         finite = jnp.logical_and(jnp.isfinite(metrics["total"]), jnp.isfinite(grad_norm))
+
+        def update(state, grads, batch_stats, cbn):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            new_state = state.replace(
+                step=state.step + 1,
+                params=params,
+                batch_stats=batch_stats,
+                opt_state=opt_state,
+                cbn=cbn,
+            )
+            if ema_on:
+                o = config.optim
+                new_state = new_state.replace(
+                    ema_params=optim.ema_update(
+                        state.ema_params,
+                        params,
+                        o.ema_decay,
+                        state.step + 1,
+                        warmup_steps=o.ema_warmup_steps,
+                        start_step=o.ema_start_step,
+                    )
+                )
+            return new_state
+
         # A non-finite loss or gradient must not poison the weights: keep the old state.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        # (A cond, not a select between new and old: XLA keeps no copy of the old state then.)
+        new_state = jax.lax.cond(
+            finite, update, lambda state, *_: state, state, grads, batch_stats, cbn
+        )
         metrics.update(lr=schedule(state.step), grad_norm=grad_norm, finite=finite)
         return new_state, metrics
 
