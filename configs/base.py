@@ -36,7 +36,7 @@ def _model() -> ml_collections.ConfigDict:
     m.bn_momentum = 0.99  # Flax convention (weight of old stats); darknet's update rate .01
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     # auto | xla | canonical: how conv gradients are written (same values); auto = canonical on
-    # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (layers.conv2d)
+    # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (models/conv.py)
     m.conv_gradients = "auto"
     return m
 

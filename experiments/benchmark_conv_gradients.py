@@ -1,4 +1,4 @@
-"""Convolution gradients per layer: autodiff's form against `layers.canonical_conv2d`.
+"""Convolution gradients per layer: autodiff's form against `conv.canonical_conv2d`.
 
     python experiments/benchmark_conv_gradients.py [--model yolov4] [--size 416] [--batch 2] \\
         [--iters 5] [--rounds 2] [--top 12]
@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import base  # noqa: E402
-from yolov4_jax.models import factory, layers  # noqa: E402
+from yolov4_jax.models import conv, factory, layers  # noqa: E402
 
 
 def conv_shapes(model_name: str, size: int, batch: int) -> collections.Counter:
@@ -59,7 +59,7 @@ def conv_shapes(model_name: str, size: int, batch: int) -> collections.Counter:
 def _backward(stride, padding, groups, gradients):
     def grads(x, kernel, cotangent):
         _, vjp = jax.vjp(
-            lambda x, k: layers.conv2d(x, k, stride, padding, groups, gradients), x, kernel
+            lambda x, k: conv.conv2d(x, k, stride, padding, groups, gradients), x, kernel
         )
         return vjp(cotangent)
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         x = jax.random.normal(keys[0], shape)
         kernel = jax.random.normal(keys[1], (size, size, shape[-1] // groups, filters))
         out = jax.eval_shape(
-            functools.partial(layers.conv2d, stride=stride, padding=padding, groups=groups),
+            functools.partial(conv.conv2d, stride=stride, padding=padding, groups=groups),
             x,
             kernel,
         )

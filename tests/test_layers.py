@@ -1,6 +1,6 @@
 """The layers' numerics: Mish, the fused BatchNorm + activation (plain and CmBN) with their
-written-out backward passes, the separable max-pool, and the canonical convolution gradients,
-each against its textbook form or autodiff (float64 where rounding matters)."""
+written-out backward passes, the separable max-pool, and the canonical convolution gradients
+(models/conv.py), each against its textbook form or autodiff (float64 where rounding matters)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax.models import layers, specs
+from yolov4_jax.models import conv, layers, specs
 
 
 def test_mish_matches_the_textbook_form_and_darknets_threshold():
@@ -155,11 +155,11 @@ def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, pa
     k1, k2, k3 = jax.random.split(jax.random.key(size * 10 + stride), 3)
     x = np.asarray(jax.random.normal(k1, (batch, height, width, 3)), np.float64)
     kernel = np.asarray(jax.random.normal(k2, (size, size, 3, 4)), np.float64)
-    out = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, padding, gradients="xla")
+    out = conv.conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, padding, gradients="xla")
     weights = np.asarray(jax.random.normal(k3, out.shape), np.float64)
 
     def loss(x, kernel, gradients):
-        y = layers.conv2d(x, kernel, stride, padding, gradients=gradients)
+        y = conv.conv2d(x, kernel, stride, padding, gradients=gradients)
         return jnp.sum(jnp.sin(y) * weights)
 
     with jax.enable_x64():
@@ -177,7 +177,7 @@ def test_canonical_conv_gradients_stay_canonical_inside_scan():
 
     def step(kernel, images, gradients):
         def body(total, x):
-            loss = lambda k: jnp.sum(layers.conv2d(x, k, 2, 1, gradients=gradients) ** 2)
+            loss = lambda k: jnp.sum(conv.conv2d(x, k, 2, 1, gradients=gradients) ** 2)
             return total + jax.grad(loss)(kernel), None
 
         return jax.lax.scan(body, jnp.zeros_like(kernel), images)[0]
@@ -201,14 +201,14 @@ def test_canonical_conv_gradients_stay_canonical_inside_scan():
 def test_after_keeps_the_value_and_makes_backward_work_wait_for_the_gradient(monkeypatch):
     # `after` is the identity on values (NaN only from a non-finite gradient element) ...
     x = jnp.arange(6.0).reshape(2, 3)
-    np.testing.assert_array_equal(layers.after(x, jnp.ones(4)), x)
-    assert bool(jnp.all(jnp.isnan(layers.after(x, jnp.array([jnp.nan, 1.0])))))
+    np.testing.assert_array_equal(conv.after(x, jnp.ones(4)), x)
+    assert bool(jnp.all(jnp.isnan(conv.after(x, jnp.array([jnp.nan, 1.0])))))
 
     # ... and what it ties to the gradient is not computed during the forward pass and held:
     # a chain of conv + BN + Mish layers needs less XLA temp memory than with it untied.
     def loss(kernels, x):
         for kernel in kernels:
-            x = layers.conv2d(x, kernel, 1, 1, gradients="canonical")
+            x = conv.conv2d(x, kernel, 1, 1, gradients="canonical")
             x = layers.normalize_activate(x, jnp.ones(8), jnp.zeros(8), "mish")[0]
         return jnp.sum(x)
 
@@ -220,7 +220,8 @@ def test_after_keeps_the_value_and_makes_backward_work_wait_for_the_gradient(mon
         return compiled.memory_analysis().temp_size_in_bytes
 
     tied = temp_bytes()
-    monkeypatch.setattr(layers, "after", lambda value, grad: value)
+    for module in (conv, layers):  # layers' BN backward and conv's backward
+        monkeypatch.setattr(module, "after", lambda value, grad: value)
     untied = temp_bytes()
     if jax.default_backend() == "cpu":  # XLA:CPU's scheduler is the one that hoists
         assert tied < 0.8 * untied, (tied, untied)

@@ -40,7 +40,7 @@ class Network(nn.Module):
       dtype: compute dtype of convolutions (float32, or bfloat16 for mixed precision; BN
         statistics and outputs stay float32).
       conv_gradients: how convolution gradients are expressed ("auto", "xla", "canonical";
-        see `layers.conv2d`). The values are the same; "auto" picks the fast form for the
+        see `conv.conv2d`). The values are the same; "auto" picks the fast form for the
         backend.
       net: darknet's [net] options (input size, channels, training keys), kept so that a
         model exports to a complete cfg.
