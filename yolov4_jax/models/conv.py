@@ -24,6 +24,7 @@ def after(value: jax.Array, grad: jax.Array) -> jax.Array:
 
 
 CONV_GRADIENTS = ("auto", "xla", "canonical")
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -34,8 +35,17 @@ def conv2d(
     padding: int,
     groups: int = 1,
     gradients: str = "auto",
+    algorithm: str = "auto",
 ) -> jax.Array:
     """NHWC x HWIO convolution with symmetric zero padding.
+
+    ``algorithm`` picks how a 3x3 stride-1 convolution with padding 1 is computed (the values
+    are equal up to float rounding): "direct" is XLA's convolution; "winograd" is
+    `winograd.winograd_conv2d` with F(2x2, 3x3); "auto" is "winograd" where JAX's default
+    backend is the CPU, the compute dtype float32 and the layer one where that measured
+    faster (`winograd.tile`), and "direct" everywhere else (cuDNN and TPUs choose their own
+    algorithms). Other convolutions are always direct, and Winograd's layers have their own
+    backward pass whatever ``gradients`` says.
 
     ``gradients`` picks how its backward pass is expressed (the values are equal either way):
     "xla" is autodiff of `jax.lax.conv_general_dilated`; "canonical" is `canonical_conv2d`,
@@ -48,6 +58,15 @@ def conv2d(
     """
     if gradients not in CONV_GRADIENTS:
         raise ValueError(f"conv gradients must be one of {CONV_GRADIENTS}, got {gradients!r}")
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+    same_3x3 = kernel.shape[:2] == (3, 3) and stride == padding == groups == 1
+    if algorithm != "direct" and same_3x3:
+        from yolov4_jax.models import winograd  # imports this module's `after`
+
+        tile = winograd.tile(x.shape, x.dtype, auto=algorithm == "auto")
+        if tile:
+            return winograd.winograd_conv2d(x, kernel, tile)
     if gradients == "auto":
         gradients = "canonical" if jax.default_backend() == "cpu" else "xla"
     if gradients == "canonical" and groups == 1:

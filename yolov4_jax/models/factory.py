@@ -123,6 +123,11 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
             f"config.model.conv_gradients must be one of {layers_lib.CONV_GRADIENTS}, "
             f"got {model_config.conv_gradients!r}"
         )
+    if model_config.conv_algorithm not in layers_lib.CONV_ALGORITHMS:
+        raise ValueError(
+            f"config.model.conv_algorithm must be one of {layers_lib.CONV_ALGORITHMS}, "
+            f"got {model_config.conv_algorithm!r}"
+        )
     if model_config.name == "cfg":
         from yolov4_jax import darknet
 
@@ -131,6 +136,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
             bn_momentum=model_config.bn_momentum,
             dtype=dtype,
             conv_gradients=model_config.conv_gradients,
+            conv_algorithm=model_config.conv_algorithm,
         )
     layers = model_layers(model_config, num_classes)
     return Network(
@@ -138,4 +144,5 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
         bn_momentum=model_config.bn_momentum,
         dtype=dtype,
         conv_gradients=model_config.conv_gradients,
+        conv_algorithm=model_config.conv_algorithm,
     )

@@ -11,7 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from yolov4_jax.models import specs
-from yolov4_jax.models.conv import CONV_GRADIENTS, after, conv2d  # noqa: F401 (re-exported)
+from yolov4_jax.models.conv import (  # noqa: F401 (re-exported)
+    CONV_ALGORITHMS,
+    CONV_GRADIENTS,
+    after,
+    conv2d,
+)
 
 # darknet normalize_cpu: (x - mean) / sqrt(var + .00001f)
 BN_EPSILON = 1e-5
@@ -212,6 +217,7 @@ class ConvBN(nn.Module):
     bn_momentum: float = 0.99
     dtype: Any = jnp.float32
     conv_gradients: str = "auto"  # see `conv2d`
+    conv_algorithm: str = "auto"  # see `conv2d`
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -236,6 +242,7 @@ class ConvBN(nn.Module):
                 p,
                 s.groups,
                 self.conv_gradients,
+                self.conv_algorithm,
             )
 
         y = conv(x, kernel)
@@ -338,6 +345,7 @@ class SpatialAttention(nn.Module):
     size: int = 7
     dtype: Any = jnp.float32
     conv_gradients: str = "auto"
+    conv_algorithm: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -345,9 +353,13 @@ class SpatialAttention(nn.Module):
             [jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
         )
         spec = specs.Conv(1, self.size, 1, self.size // 2, activation="logistic")
-        attention = ConvBN(spec, dtype=self.dtype, conv_gradients=self.conv_gradients, name="conv")(
-            pooled, True
-        )
+        attention = ConvBN(
+            spec,
+            dtype=self.dtype,
+            conv_gradients=self.conv_gradients,
+            conv_algorithm=self.conv_algorithm,
+            name="conv",
+        )(pooled, True)
         return x * attention
 
 

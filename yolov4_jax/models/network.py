@@ -42,6 +42,8 @@ class Network(nn.Module):
       conv_gradients: how convolution gradients are expressed ("auto", "xla", "canonical";
         see `conv.conv2d`). The values are the same; "auto" picks the fast form for the
         backend.
+      conv_algorithm: how 3x3 stride-1 convolutions are computed ("auto", "direct",
+        "winograd"; see `conv.conv2d`). "auto" takes Winograd's where it is faster on the CPU.
       net: darknet's [net] options (input size, channels, training keys), kept so that a
         model exports to a complete cfg.
 
@@ -57,6 +59,7 @@ class Network(nn.Module):
     bn_momentum: float = 0.99
     dtype: Any = jnp.float32
     conv_gradients: str = "auto"
+    conv_algorithm: str = "auto"
     # darknet [net] options as (key, value) pairs; written back by `darknet.save`.
     net: tuple[tuple[str, str], ...] = ()
 
@@ -81,7 +84,12 @@ class Network(nn.Module):
             name = layer_name(i)
             if isinstance(spec, specs.Conv):
                 conv = layers.ConvBN(
-                    spec, self.bn_momentum, self.dtype, self.conv_gradients, name=name
+                    spec,
+                    self.bn_momentum,
+                    self.dtype,
+                    self.conv_gradients,
+                    self.conv_algorithm,
+                    name=name,
                 )
                 x = conv(x, use_running_average)
             elif isinstance(spec, specs.MaxPool):
@@ -108,9 +116,9 @@ class Network(nn.Module):
             elif isinstance(spec, specs.Sam):
                 x = x * outputs[spec.layer]
             elif isinstance(spec, specs.SpatialAttention):
-                x = layers.SpatialAttention(spec.size, self.dtype, self.conv_gradients, name=name)(
-                    x
-                )
+                x = layers.SpatialAttention(
+                    spec.size, self.dtype, self.conv_gradients, self.conv_algorithm, name=name
+                )(x)
             elif isinstance(spec, specs.DropBlock):
                 x = layers.DropBlock(spec.probability, spec.block_size, name=name)(
                     x, train, dropblock_scale
