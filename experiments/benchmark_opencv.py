@@ -4,6 +4,11 @@
     python experiments/benchmark_opencv.py [--model yolov4|yolov4_tiny|yolov4_csp] \\
         [--sizes 416,608] [--batches 1,8] [--dtypes float32,bfloat16] [--rounds 5] [--iters 2]
 
+`--dtypes` entries are a compute dtype with an optional `:<conv algorithm>`
+(`model.conv_algorithm`: auto, direct, winograd; default auto), e.g.
+`--dtypes float32,float32:direct` times the network with and without Winograd's 3x3
+convolutions in one run.
+
 The network (`--model`, 80 classes) gets random weights, written with the project's darknet
 export (`yolov4_jax.darknet.save`) into a temporary folder; JAX reads them back with
 `yolov4_jax.darknet.load`, OpenCV with `cv2.dnn.readNetFromDarknet` (backend OpenCV, target
@@ -85,14 +90,15 @@ import numpy as np  # noqa: E402
 from experiments.benchmark_models import (  # noqa: E402
     BUILDERS,
     count_params,
+    network_flops,
     random_variables,
-    xla_flops,
 )
 from experiments.peer_process import PeerProcess  # noqa: E402
 from yolov4_jax import darknet, inference  # noqa: E402
 from yolov4_jax.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
 from yolov4_jax.data.synthetic import render_image  # noqa: E402
 from yolov4_jax.models import Network, specs  # noqa: E402
+from yolov4_jax.models.conv import CONV_ALGORITHMS  # noqa: E402
 
 OPENCV_DIR = os.path.join(ROOT, ".cache", "opencv4")
 OPENCV_INSTALL = (
@@ -369,10 +375,11 @@ def benchmark_setting(args, name, models, predicts, variables, images, peer, fol
     runs = {}
     for d in args.dtypes:
         f, p = forwards[d], predicts[d]
-        runs[(f"JAX {d}", "forward")] = lambda f=f: jax.block_until_ready(f(variables, x))
-        runs[(f"JAX {d}", "detect")] = lambda p=p: jax.device_get(p(variables, images))
+        engine = "JAX " + d.replace(":", ", ") + (" convs" if ":" in d else "")
+        runs[(engine, "forward")] = lambda f=f: jax.block_until_ready(f(variables, x))
+        runs[(engine, "detect")] = lambda p=p: jax.device_get(p(variables, images))
     medians = measure(runs, peer, args.rounds, args.iters)
-    rows = table_rows(name, size, batch, medians, xla_flops(forwards["float32"]))
+    rows = table_rows(name, size, batch, medians, network_flops(models["float32"], variables, x))
     _log("\n".join(rows))
     return rows
 
@@ -392,6 +399,12 @@ def benchmark_images(paths: list[str], size: int, count: int, seed: int) -> np.n
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
         images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     return np.stack(images)
+
+
+def _variant(model: Network, entry: str) -> Network:
+    """`model` with the compute dtype and conv algorithm of a `--dtypes` entry."""
+    dtype, _, algorithm = entry.partition(":")
+    return model.clone(dtype=jnp.dtype(dtype), conv_algorithm=algorithm or "auto")
 
 
 def run(args) -> str:
@@ -432,7 +445,7 @@ def run(args) -> str:
                     if size == sizes[0]:
                         lines.append(f"OpenCV {info['version']}, {info['threads']} threads.")
                 # float32 always: the agreement check and the FLOP count use it.
-                models = {d: loaded.clone(dtype=jnp.dtype(d)) for d in ["float32", *args.dtypes]}
+                models = {d: _variant(loaded, d) for d in ["float32", *args.dtypes]}
                 predicts = {
                     d: inference.make_predict_fn(m, inference.nms_options_for(m.heads))
                     for d, m in models.items()
@@ -469,7 +482,8 @@ def main(argv=None) -> int:
         "--dtypes",
         type=lambda s: s.split(","),
         default=["float32", "bfloat16"],
-        help="JAX compute dtypes (outputs are float32 either way)",
+        help="JAX compute dtypes (outputs are float32 either way), each optionally with "
+        ":<model.conv_algorithm> (float32:direct)",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=2, help="calls per side per round")
@@ -485,6 +499,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.cfg) != bool(args.weights):
         parser.error("--cfg and --weights go together")
+    for entry in args.dtypes:
+        dtype, _, algorithm = entry.partition(":")
+        if dtype not in ("float32", "bfloat16") or algorithm not in ("", *CONV_ALGORITHMS):
+            parser.error(
+                f"--dtypes entry {entry!r}: expected float32 or bfloat16, optionally with "
+                f":<{'|'.join(CONV_ALGORITHMS)}>"
+            )
     report = run(args)
     print(report, end="")
     if args.out:
