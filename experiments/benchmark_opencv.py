@@ -440,6 +440,8 @@ def run(args) -> str:
                 variables = fixed if fixed is not None else detector_variables(model, scenes)
                 cfg, weights = write_network(model, variables, folder, size)
                 loaded, loaded_vars = darknet.load(cfg, weights)
+                # As detect and evaluate do: Winograd kernel transforms computed once.
+                loaded_vars = inference.prepare_variables(loaded, loaded_vars)
                 if peer:
                     info = peer("load", cfg=cfg, weights=weights, threads=args.threads)
                     if size == sizes[0]:

@@ -126,3 +126,39 @@ def test_a_network_with_winograd_layers_equals_the_direct_one():
     for got, want in pairs:
         scale = float(jnp.abs(want).max()) + 1e-12
         np.testing.assert_allclose(got / scale, want / scale, atol=1e-4)
+
+
+def test_prepared_kernel_transforms_give_the_same_detections():
+    # inference.prepare_variables stores U = G g G^T of the layers that take Winograd's form;
+    # the network then reads them instead of transforming its kernels on every call.
+    from yolov4_jax import inference
+    from yolov4_jax.models import specs
+
+    images = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3))
+    model = factory.create_model(_config(conv_algorithm="winograd"))
+    variables = model.init(jax.random.key(1), images)
+    assert "winograd" not in variables  # init makes every collection mutable
+    prepared = inference.prepare_variables(model, variables)
+    transforms = prepared["winograd"]
+    same_3x3 = [
+        i
+        for i, s in enumerate(model.layers)
+        if isinstance(s, specs.Conv) and (s.size, s.stride, s.groups) == (3, 1, 1)
+    ]
+    assert sorted(transforms) == sorted(f"layer{i:03d}" for i in same_3x3)
+    for name, stored in transforms.items():
+        kernel = variables["params"][name]["kernel"]
+        np.testing.assert_allclose(stored["kernel"], winograd.filter_transform(kernel, 2))
+
+    apply = jax.jit(lambda m, v: m.apply(v, images), static_argnums=0)
+    for got, want in zip(apply(model, prepared), apply(model, variables), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # A direct model ignores them (exactly its own outputs), and so does one whose layers
+    # are all too thin for "auto", for which there is nothing to prepare.
+    direct = model.clone(conv_algorithm="direct")
+    for got, want in zip(apply(direct, prepared), apply(direct, variables), strict=True):
+        np.testing.assert_array_equal(got, want)
+    auto = model.clone(conv_algorithm="auto")
+    assert inference.prepare_variables(auto, variables) is variables
+    with pytest.raises(ValueError, match="transformed 3x3 kernel"):
+        winograd.conv2d_transformed(jnp.ones((1, 4, 4, 3)), jnp.ones((16, 2, 5)))

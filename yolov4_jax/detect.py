@@ -33,7 +33,12 @@ from yolov4_jax.data.augment import Sample, empty_boxes, resize_to_canvas
 from yolov4_jax.data.formats import DataError, read_names
 from yolov4_jax.data.pipeline import boxes_to_original
 from yolov4_jax.data.preview import annotate
-from yolov4_jax.inference import NmsOptions, make_predict_fn, nms_options_for
+from yolov4_jax.inference import (
+    NmsOptions,
+    make_predict_fn,
+    nms_options_for,
+    prepare_variables,
+)
 from yolov4_jax.models import Network, output_shapes
 from yolov4_jax.names import COCO_NAMES
 
@@ -163,6 +168,7 @@ def detect_images(
     _check_size(model, size)
     os.makedirs(out_dir, exist_ok=True)
     predict = make_predict_fn(model, options)  # all images share `size`: one compilation
+    variables = prepare_variables(model, variables)  # Winograd kernel transforms, once
     results, errors = [], []
     for path, out in zip(paths, outputs, strict=True):
         try:

@@ -149,7 +149,7 @@ def run(
         )
     return evaluation.evaluate(
         predict,
-        variables,
+        inference.prepare_variables(model, variables),  # Winograd kernel transforms, once
         config,
         split=split,
         class_names=info.class_names,

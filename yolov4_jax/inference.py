@@ -68,6 +68,25 @@ def decode_heads(
     return jnp.concatenate(all_boxes, axis=1), jnp.concatenate(all_scores, axis=1)
 
 
+def prepare_variables(model: Network, variables):
+    """``variables`` plus, in the collection "winograd", the Winograd transform of every 3x3
+    kernel that the network runs by Winograd's algorithm (`model.conv_algorithm`; on the CPU
+    in float32 for layers of >= 128 channels, at any map size once prepared), so that
+    inference does not transform them on every call: YOLOv4 at 416, batch 1, is then
+    faster by what the transforms cost and by its 13 x 13 layers, which pay only with the
+    transforms done beforehand (docs/benchmarks.md, "Winograd convolutions"). For inference
+    only (no gradient reaches the kernels through them); recompute after the weights
+    change. Returns ``variables`` itself where no layer takes Winograd's algorithm."""
+    channels = int(dict(model.net).get("channels", 3))
+    images = jnp.zeros((1, 64, 64, channels), jnp.float32)
+    # The transforms depend on the kernels only; any input size reaches every layer.
+    fn = jax.jit(lambda v: model.apply(v, images, mutable=["winograd"])[1])
+    prepared = fn({k: v for k, v in variables.items() if k != "winograd"})
+    if not prepared.get("winograd"):
+        return variables
+    return {**variables, "winograd": prepared["winograd"]}
+
+
 def make_predict_fn(model: Network, options: NmsOptions):
     """A jitted `predict(variables, images) -> Detections` for `model`.
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from yolov4_jax.models import specs
+from yolov4_jax.models import specs, winograd
 from yolov4_jax.models.conv import (  # noqa: F401 (re-exported)
     CONV_ALGORITHMS,
     CONV_GRADIENTS,
@@ -245,7 +245,9 @@ class ConvBN(nn.Module):
                 self.conv_algorithm,
             )
 
-        y = conv(x, kernel)
+        y = self._winograd_prepared(x, kernel)
+        if y is None:
+            y = conv(x, kernel)
         if s.batch_normalize:
             stats = None
             if (
@@ -260,6 +262,26 @@ class ConvBN(nn.Module):
         # Bias and activation in at least float32 (as BN's), stored in the compute dtype.
         y32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
         return activation(y32 + bias, s.activation).astype(y.dtype)
+
+    def _winograd_prepared(self, x, kernel) -> jax.Array | None:
+        """The convolution through the kernel's Winograd transform, when the variables carry
+        it (collection "winograd", `inference.prepare_variables`) and the layer takes
+        Winograd's algorithm (`winograd.tile`); with that collection mutable, the transform is
+        stored for such layers. Inference only: no gradient reaches the kernel through a
+        stored transform."""
+        s, auto = self.spec, self.conv_algorithm == "auto"
+        if (
+            self.conv_algorithm == "direct"
+            or (s.size, s.stride, s.padding, s.groups) != (3, 1, 1, 1)
+            or not winograd.tile(x.shape, self.dtype, auto, kernel_ready=True)
+        ):
+            return None
+        if self.has_variable("winograd", "kernel"):
+            transformed = self.get_variable("winograd", "kernel").astype(self.dtype)
+            return winograd.conv2d_transformed(x.astype(self.dtype), transformed)
+        if self.is_mutable_collection("winograd") and not self.is_initializing():
+            self.put_variable("winograd", "kernel", winograd.filter_transform(kernel, 2))
+        return None
 
     def _cbn_statistics(self, conv, x, kernel, y) -> tuple[jax.Array, jax.Array]:
         """Cross-Iteration BN statistics (Yao et al. 2021; YOLOv4 paper Fig. 4).

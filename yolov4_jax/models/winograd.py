@@ -68,24 +68,24 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.asarray(a, np.float64) for a in _MATRICES[m])
 
 
-def tile(x_shape, dtype, auto: bool = True) -> int:
+def tile(x_shape, dtype, auto: bool = True, kernel_ready: bool = False) -> int:
     """The output tile side m of F(m x m, 3 x 3) for a 3x3 stride-1 convolution of an
     [N, H, W, C] input (2), or 0 for the direct convolution.
 
     With ``auto`` (`conv2d`'s "auto"): 2 only on the CPU backend, in float32, for layers with
-    at least 128 input channels and at least 144 tiles of 2 x 2 per image (maps of 24 x 24
-    and up), else 0. On XLA:CPU the batched products run at 100-190 GFLOP/s against the
-    direct convolution's 160-210, so the 2.25x fewer multiplications pay where the products
-    are large; YOLOv4 at 416 with these layers (26 x 26 and 52 x 52) in Winograd's form:
-    inference 14% and the training step 11% faster, while adding the 13 x 13 and the 64-channel
-    layers, or F(4, 3) on the 52 x 52 ones, gained nothing more or lost (docs/benchmarks.md,
-    "Winograd convolutions")."""
+    at least 128 input channels and, unless the kernel's transform is ready
+    (``kernel_ready``: computed beforehand for inference, `inference.prepare_variables`), at
+    least 144 tiles of 2 x 2 per image (maps of 24 x 24 and up); else 0. On XLA:CPU the
+    batched products run at 100-190 GFLOP/s against the direct convolution's 160-210, so the
+    2.25x fewer multiplications pay where the products are large; on the 13 x 13 maps of
+    YOLOv4 at 416 the kernel's transform costs about what the products save. YOLOv4 at 416
+    with the 26 x 26 and 52 x 52 layers in Winograd's form: inference 9-12% and the training
+    step 11% faster, while adding the 64-channel layers, or F(4, 3) on the 52 x 52 ones,
+    gained nothing or lost (docs/benchmarks.md, "Winograd convolutions")."""
     height, width, channels = x_shape[1], x_shape[2], x_shape[3]
+    small = _tiles(height, 2) * _tiles(width, 2) < 144 and not kernel_ready
     if auto and (
-        jax.default_backend() != "cpu"
-        or jnp.dtype(dtype) != jnp.float32
-        or channels < 128
-        or _tiles(height, 2) * _tiles(width, 2) < 144
+        jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or channels < 128 or small
     ):
         return 0
     return 2
@@ -200,14 +200,26 @@ def _product(v, u):
     return jnp.einsum("tpc,tck->tpk", v, u)
 
 
+def conv2d_transformed(x: jax.Array, transformed: jax.Array, m: int = 2) -> jax.Array:
+    """`winograd_conv2d` with the kernel's transform U (`filter_transform`) given: for
+    inference, where it is computed once (`inference.prepare_variables`). No gradient is
+    defined for U's kernel: the kernel is not an input here."""
+    if transformed.shape[0] != (m + 2) ** 2 or transformed.shape[1] != x.shape[3]:
+        raise ValueError(
+            f"a transformed 3x3 kernel for F({m}, 3) and {x.shape[3]} input channels is "
+            f"[{(m + 2) ** 2}, {x.shape[3]}, filters], got {transformed.shape}"
+        )
+    product = _product(input_transform(x, m), transformed)
+    # In NHWC order before anything reads it (see the module docstring).
+    return jax.lax.optimization_barrier(output_transform(product, m, x.shape))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def winograd_conv2d(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
     """NHWC x HWIO 3x3 convolution, stride 1, zero padding 1, by F(m x m, 3 x 3)."""
     if kernel.shape[:2] != (3, 3):
         raise ValueError(f"winograd_conv2d takes 3x3 kernels, got {kernel.shape}")
-    product = _product(input_transform(x, m), filter_transform(kernel, m))
-    # In NHWC order before anything reads it (see the module docstring).
-    return jax.lax.optimization_barrier(output_transform(product, m, x.shape))
+    return conv2d_transformed(x, filter_transform(kernel, m), m)
 
 
 def _fwd(x, kernel, m):
