@@ -93,6 +93,10 @@ def test_conv2d_takes_winograd_where_the_algorithm_says():
         assert _has_convolution("auto", (1, 22, 22, 128))  # 121 tiles
         assert _has_convolution("auto", (1, 32, 32, 64))
         assert _has_convolution("auto", (1, 32, 32, 128), jnp.bfloat16)
+        # With the kernel's transform computed beforehand (inference), small maps pay too.
+        assert winograd.tile((1, 13, 13, 512), jnp.float32) == 0
+        assert winograd.tile((1, 13, 13, 512), jnp.float32, kernel_ready=True) == 2
+        assert winograd.tile((1, 13, 13, 64), jnp.float32, kernel_ready=True) == 0
     else:
         assert _has_convolution("auto", (1, 32, 32, 128))
 
