@@ -7,6 +7,7 @@ evaluation, so every path decodes boxes the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -76,15 +77,21 @@ def prepare_variables(model: Network, variables):
     faster by what the transforms cost and by its 13 x 13 layers, which pay only with the
     transforms done beforehand (docs/benchmarks.md, "Winograd convolutions"). For inference
     only (no gradient reaches the kernels through them); recompute after the weights
-    change. Returns ``variables`` itself where no layer takes Winograd's algorithm."""
+    change. Returns ``variables`` itself, without compiling anything, where no layer takes
+    Winograd's algorithm."""
+    base = {k: v for k, v in variables.items() if k != "winograd"}
+    transforms = functools.partial(_winograd_transforms, model)
+    if not jax.eval_shape(transforms, base).get("winograd"):  # traces only
+        return variables
+    return {**base, "winograd": transforms(base)["winograd"]}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _winograd_transforms(model: Network, variables):
+    # The transforms depend on the kernels only; any input size reaches every layer.
     channels = int(dict(model.net).get("channels", 3))
     images = jnp.zeros((1, 64, 64, channels), jnp.float32)
-    # The transforms depend on the kernels only; any input size reaches every layer.
-    fn = jax.jit(lambda v: model.apply(v, images, mutable=["winograd"])[1])
-    prepared = fn({k: v for k, v in variables.items() if k != "winograd"})
-    if not prepared.get("winograd"):
-        return variables
-    return {**variables, "winograd": prepared["winograd"]}
+    return model.apply(variables, images, mutable=["winograd"])[1]
 
 
 def make_predict_fn(model: Network, options: NmsOptions):

@@ -93,7 +93,7 @@ class DetectionTask:
             predict = evaluation.shard_predict_fn(predict, mesh)
         metrics = evaluation.evaluate(
             predict,
-            variables,
+            inference.prepare_variables(self.model, variables),  # Winograd transforms, once
             config,
             split=config.train.eval_split,
             class_names=info.class_names,
