@@ -38,7 +38,7 @@ def _model() -> ml_collections.ConfigDict:
     # auto | xla | canonical: how conv gradients are written (same values); auto = canonical on
     # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (models/conv.py)
     m.conv_gradients = "auto"
-    # auto | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd F(2,3)/F(4,3)
+    # auto | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd F(2x2,3x3)
     # on CPU in float32 for layers where it is faster (models/winograd.py), direct elsewhere
     m.conv_algorithm = "auto"
     return m

@@ -401,10 +401,16 @@ def benchmark_images(paths: list[str], size: int, count: int, seed: int) -> np.n
     return np.stack(images)
 
 
+def _dtype_entry(entry: str) -> tuple[str, str]:
+    """(dtype, conv algorithm) of a `--dtypes` entry such as "float32:direct"."""
+    dtype, _, algorithm = entry.partition(":")
+    return dtype, algorithm or "auto"
+
+
 def _variant(model: Network, entry: str) -> Network:
     """`model` with the compute dtype and conv algorithm of a `--dtypes` entry."""
-    dtype, _, algorithm = entry.partition(":")
-    return model.clone(dtype=jnp.dtype(dtype), conv_algorithm=algorithm or "auto")
+    dtype, algorithm = _dtype_entry(entry)
+    return model.clone(dtype=jnp.dtype(dtype), conv_algorithm=algorithm)
 
 
 def run(args) -> str:
@@ -502,8 +508,8 @@ def main(argv=None) -> int:
     if bool(args.cfg) != bool(args.weights):
         parser.error("--cfg and --weights go together")
     for entry in args.dtypes:
-        dtype, _, algorithm = entry.partition(":")
-        if dtype not in ("float32", "bfloat16") or algorithm not in ("", *CONV_ALGORITHMS):
+        dtype, algorithm = _dtype_entry(entry)
+        if dtype not in ("float32", "bfloat16") or algorithm not in CONV_ALGORITHMS:
             parser.error(
                 f"--dtypes entry {entry!r}: expected float32 or bfloat16, optionally with "
                 f":<{'|'.join(CONV_ALGORITHMS)}>"

@@ -60,13 +60,13 @@ def conv2d(
         raise ValueError(f"conv gradients must be one of {CONV_GRADIENTS}, got {gradients!r}")
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
-    same_3x3 = kernel.shape[:2] == (3, 3) and stride == padding == groups == 1
-    if algorithm != "direct" and same_3x3:
-        from yolov4_jax.models import winograd  # imports this module's `after`
+    from yolov4_jax.models import winograd  # imports this module's `after`
 
-        tile = winograd.tile(x.shape, x.dtype, auto=algorithm == "auto")
-        if tile:
-            return winograd.winograd_conv2d(x, kernel, tile)
+    tile = winograd.layer_tile(
+        x.shape, x.dtype, kernel.shape[:2], stride, padding, groups, algorithm
+    )
+    if tile:
+        return winograd.winograd_conv2d(x, kernel, tile)
     if gradients == "auto":
         gradients = "canonical" if jax.default_backend() == "cpu" else "xla"
     if gradients == "canonical" and groups == 1:

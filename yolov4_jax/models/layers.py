@@ -269,12 +269,9 @@ class ConvBN(nn.Module):
         Winograd's algorithm (`winograd.tile`); with that collection mutable, the transform is
         stored for such layers. Inference only: no gradient reaches the kernel through a
         stored transform."""
-        s, auto = self.spec, self.conv_algorithm == "auto"
-        if (
-            self.conv_algorithm == "direct"
-            or (s.size, s.stride, s.padding, s.groups) != (3, 1, 1, 1)
-            or not winograd.tile(x.shape, self.dtype, auto, kernel_ready=True)
-        ):
+        s = self.spec
+        geometry = ((s.size, s.size), s.stride, s.padding, s.groups, self.conv_algorithm)
+        if not winograd.layer_tile(x.shape, self.dtype, *geometry, kernel_ready=True):
             return None
         if self.has_variable("winograd", "kernel"):
             transformed = self.get_variable("winograd", "kernel").astype(self.dtype)

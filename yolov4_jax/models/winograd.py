@@ -91,6 +91,17 @@ def tile(x_shape, dtype, auto: bool = True, kernel_ready: bool = False) -> int:
     return 2
 
 
+def layer_tile(
+    x_shape, dtype, kernel_hw, stride, padding, groups, algorithm, kernel_ready=False
+) -> int:
+    """`tile` for a convolution layer under `conv.conv2d`'s ``algorithm``: 0 (direct) unless
+    the layer is 3x3, stride 1, padding 1, ungrouped and the algorithm is not "direct"."""
+    same_3x3 = tuple(kernel_hw) == (3, 3) and stride == padding == groups == 1
+    if algorithm == "direct" or not same_3x3:
+        return 0
+    return tile(x_shape, dtype, auto=algorithm == "auto", kernel_ready=kernel_ready)
+
+
 def _combine(terms, coefficients):
     """sum_i coefficients[i] * terms[i], skipping zeros and multiplying by +-1 as signs."""
     total = None
