@@ -18,8 +18,15 @@ default JAX device (CPU, GPU or TPU, nothing to change):
   process's peak resident memory during the steps (CPU, Linux: VmHWM restarted after
   compilation; it includes the Python process, JAX and the train state, not init's and
   the compiler's own peaks, which `process_max_rss_gb` adds);
+- minor page faults per step (median; host memory that the step's buffers fault in again,
+  see `yolov4_jax.hostmem`);
 - XLA's buffer assignment of the compiled step: `xla_temp_gb` (activations, gradients and
   scratch) and `xla_arguments_gb` (the train state and the batch).
+
+`--compile_in_child` compiles the step in a child process and loads it from the persistent
+compilation cache, as a second start of the training program does: on XLA:CPU with
+`yolov4_jax.hostmem`'s one malloc arena, steps run faster on a heap the compiler has not
+fragmented (docs/benchmarks.md).
 
 `--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
 kind; `--hlo FILE` writes the compiled step's HLO.
@@ -31,6 +38,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -136,7 +144,16 @@ def benchmark(args) -> dict:
     from yolov4_jax import optim, train
     from yolov4_jax.models import factory
 
-    if not args.use_cache:
+    cache_hits = []
+    if args.compile_in_child:
+        child = _compile_in_child(args)
+        jax.config.update("jax_compilation_cache_dir", child["cache_dir"])
+        jax.monitoring.register_event_listener(
+            lambda event, **kwargs: (
+                cache_hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
+            )
+        )
+    elif not args.use_cache:
         jax.config.update("jax_enable_compilation_cache", False)
     config = load_module(args.config).get_config()
     extra = {}
@@ -174,6 +191,13 @@ def benchmark(args) -> dict:
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     hostmem.release()
+    if args.compile_in_child:
+        shutil.rmtree(child["cache_dir"], ignore_errors=True)
+    if args.compile_in_child and not cache_hits:
+        raise RuntimeError(
+            "--compile_in_child: the step was not loaded from the child's compilation cache "
+            f"({child['cache_dir']}); it was compiled here, so the comparison would not hold"
+        )
     if args.hlo:
         with open(args.hlo, "w") as f:
             f.write(compiled.as_text())
@@ -192,6 +216,7 @@ def benchmark(args) -> dict:
         "dtype": args.dtype,
         "overrides": {k: v for k, v in extra.items() if k not in ("data.batch_size",)},
         "compile_s": round(compile_s, 2),
+        **({"child_compile_s": child["compile_s"]} if args.compile_in_child else {}),
         "gflops_per_step": round(flops / 1e9, 1),
         "gb_accessed_per_step": round(bytes_accessed / 2**30, 2),
         "rss_before_compile_gb": rss_before_compile and round(rss_before_compile, 2),
@@ -218,13 +243,15 @@ def benchmark(args) -> dict:
                 f"the PyTorch network has {peer.ready['parameters']} parameters, the JAX one "
                 f"{result['parameters']}: experiments/torch_peer.py built a different network"
             )
-    times, peer_times = [], []
+    times, peer_times, faults = [], [], []
     for _ in range(args.rounds):  # alternating with the peer, if any
         for _ in range(args.steps):
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             state, metrics = compiled(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         if peer is not None:
             peer_times += peer("time", steps=args.steps)["times"]
     median = statistics.median(times)
@@ -239,6 +266,7 @@ def benchmark(args) -> dict:
     result.update(
         step_s=round(median, 3),
         images_per_s=round(args.batch / median, 2),
+        minor_faults_per_step=int(statistics.median(faults)),
         achieved_tflops=round(flops / median / 1e12, 3),
         peak_memory_gb=round(memory, 2),
         memory_kind=memory_kind,
@@ -252,6 +280,29 @@ def benchmark(args) -> dict:
         result["torch_step_over_jax"] = round(result["torch"]["step_s"] / median, 3)
         result["torch_peak_over_jax"] = round(result["torch"]["peak_memory_gb"] / memory, 3)
     return result
+
+
+def _compile_in_child(args) -> dict:
+    """Compiles the step in a child process (`--compile_only`) into a fresh persistent
+    compilation cache, so that this process loads it instead of compiling: the steps then run
+    on a malloc heap that the compiler has not fragmented (see docs/benchmarks.md, "The step
+    after an in-process compile"). Returns the child's result and the cache folder."""
+    import subprocess
+    import tempfile
+
+    cache_dir = tempfile.mkdtemp(prefix="yolov4_jax_step_cache_")
+    argv = [a for a in args.argv if a != "--compile_in_child"]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *argv, "--compile_only", "--use_cache"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the compiling child failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout[done.stdout.index("{") :])
+    return {"cache_dir": cache_dir, "compile_s": result["compile_s"]}
 
 
 class TorchPeer(PeerProcess):
@@ -321,12 +372,19 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="trace one more step into DIR")
     parser.add_argument("--use_cache", action="store_true", help="allow the compilation cache")
     parser.add_argument(
+        "--compile_in_child",
+        action="store_true",
+        help="compile the step in a child process into a fresh compilation cache and load it "
+        "here (compile_s is then the load; child_compile_s the compile)",
+    )
+    parser.add_argument(
         "--torch_dir",
         help="also time the same step in eager PyTorch from this folder, alternating "
         f"(experiments/torch_peer.py; {TORCH_INSTALL})",
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds of --steps steps")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     result = benchmark(args)
     print(json.dumps(result, indent=1))
     return 0

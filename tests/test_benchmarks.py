@@ -106,7 +106,26 @@ def test_train_benchmark_reports_time_memory_and_a_profile(tmp_path, capsys):
     assert result["xla_temp_gb"] > 0 and result["xla_arguments_gb"] >= 0
     assert 0 < result["peak_memory_gb"] <= result["process_max_rss_gb"] + 1e-6
     assert result["top_ops_ms"] and all(v >= 0 for v in result["top_ops_ms"].values())
+    assert result["minor_faults_per_step"] >= 0
     assert np.isfinite(result["loss"])
+
+
+def test_train_benchmark_loads_a_step_compiled_in_a_child():
+    # --compile_in_child: a child process compiles the step into a fresh persistent cache
+    # and the benchmark loads it from there (it raises if the step was compiled again).
+    # A fresh process of its own, since this one's compilation cache is already set up.
+    import json
+    import subprocess
+    import sys
+
+    script = os.path.join(bench.ROOT, "experiments", "benchmark_train.py")
+    args = ["--config", os.path.join(bench.ROOT, "configs", "test_tiny.py"), "--size", "64"]
+    args += ["--batch", "2", "--steps", "1", "--classes", "3", "--compile_in_child"]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{") :])
+    assert result["child_compile_s"] > 0 and result["compile_s"] > 0
+    assert result["step_s"] > 0 and result["minor_faults_per_step"] >= 0
 
 
 TORCH_DIR = os.path.join(bench.ROOT, ".cache", "torch")
