@@ -193,11 +193,11 @@ def benchmark(args) -> dict:
     hostmem.release()
     if args.compile_in_child:
         shutil.rmtree(child["cache_dir"], ignore_errors=True)
-    if args.compile_in_child and not cache_hits:
-        raise RuntimeError(
-            "--compile_in_child: the step was not loaded from the child's compilation cache "
-            f"({child['cache_dir']}); it was compiled here, so the comparison would not hold"
-        )
+        if not cache_hits:
+            raise RuntimeError(
+                "--compile_in_child: the step was not loaded from the child's compilation "
+                "cache; it was compiled here, so the comparison would not hold"
+            )
     if args.hlo:
         with open(args.hlo, "w") as f:
             f.write(compiled.as_text())
