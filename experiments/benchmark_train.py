@@ -24,9 +24,9 @@ default JAX device (CPU, GPU or TPU, nothing to change):
   scratch) and `xla_arguments_gb` (the train state and the batch).
 
 `--compile_in_child` compiles the step in a child process and loads it from the persistent
-compilation cache, as a second start of the training program does: on XLA:CPU with
-`yolov4_jax.hostmem`'s one malloc arena, steps run faster on a heap the compiler has not
-fragmented (docs/benchmarks.md).
+compilation cache, as a second start of the training program does (`compile_s` is then the
+load). Run as a program, the benchmark restarts itself with the training program's host
+malloc setting first (`yolov4_jax.hostmem`; `huge_pages` in the output).
 
 `--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
 kind; `--hlo FILE` writes the compiled step's HLO.
@@ -135,13 +135,10 @@ def _profile_ops(compiled, state, batch, directory: str, top: int = 25) -> dict[
 
 
 def benchmark(args) -> dict:
-    from yolov4_jax import hostmem
-
-    hostmem.apply_defaults()  # as the training program does, before JAX starts its threads
     import jax
 
     from experiments.ablate import _parse_value, apply_overrides, load_module
-    from yolov4_jax import optim, train
+    from yolov4_jax import hostmem, optim, train
     from yolov4_jax.models import factory
 
     cache_hits = []
@@ -190,7 +187,6 @@ def benchmark(args) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    hostmem.release()
     if args.compile_in_child:
         shutil.rmtree(child["cache_dir"], ignore_errors=True)
         if not cache_hits:
@@ -214,6 +210,7 @@ def benchmark(args) -> dict:
         "batch": args.batch,
         "subdivisions": args.subdivisions,
         "dtype": args.dtype,
+        "huge_pages": hostmem.huge_pages(),
         "overrides": {k: v for k, v in extra.items() if k not in ("data.batch_size",)},
         "compile_s": round(compile_s, 2),
         **({"child_compile_s": child["compile_s"]} if args.compile_in_child else {}),
@@ -227,11 +224,12 @@ def benchmark(args) -> dict:
         result["xla_arguments_gb"] = round(memory.argument_size_in_bytes / 2**30, 3)
     if args.compile_only:
         return result
+    state, metrics = compiled(state, batch)  # warm-up
+    jax.block_until_ready(metrics)
+    hostmem.release()  # what the compiler freed, as the training loop does after its first step
     # The step's own peak: from here on (init and compilation excluded, their own peak is
     # `process_max_rss_gb`).
     reset_peak_rss()
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
     peer = None
     if args.torch_dir:
         layers = factory.model_layers(config.model, num_classes=args.classes)
@@ -343,7 +341,7 @@ class TorchPeer(PeerProcess):
         return {
             "version": self.ready["torch"],
             "threads": self.ready["threads"],
-            "malloc_defaults": self.ready["malloc_defaults"],
+            "huge_pages": self.ready["huge_pages"],
             "parameters": self.ready["parameters"],
             "warmup_s": round(self.ready["warmup_s"], 2),
             "step_s": round(median, 3),
@@ -391,4 +389,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from yolov4_jax import hostmem
+
+    hostmem.apply_defaults()  # may restart the program, as the training program does
     sys.exit(main())

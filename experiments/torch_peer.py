@@ -5,9 +5,9 @@
 A child process (PyTorch and XLA each size their thread pools to the machine, and each side's
 peak memory is its own process's), with TORCH_DIR (a `pip install --target` folder, e.g.
 `python -m pip install --target .cache/torch torch`) first on sys.path. Nothing here imports
-JAX, so the process holds only Python, PyTorch and the step. The host malloc settings are
-the JAX side's (`yolov4_jax.hostmem.apply_defaults`, as benchmark_train applies them), and
-reported.
+JAX, so the process holds only Python, PyTorch and the step. Its malloc runs with the JAX
+side's settings (the environment it inherits, with glibc's huge-page tunable where
+`yolov4_jax.hostmem.apply_defaults` restarted benchmark_train with it), and reports them.
 
 SETUP_JSON names the network as the project's layer specs (`{"type": "Conv", **fields}` per
 layer, the same tuple the JAX model runs), the batch (`.npz` with image, boxes, labels, mask:
@@ -277,7 +277,6 @@ class Peer:
 
 def start(torch_dir: str, setup_path: str) -> tuple[Peer, dict]:
     """Builds the peer and runs its warm-up step; returns it and the first answer."""
-    malloc_defaults = hostmem.apply_defaults()  # the JAX side's host setting, before torch
     sys.path.insert(0, torch_dir)
     import torch
 
@@ -294,7 +293,7 @@ def start(torch_dir: str, setup_path: str) -> tuple[Peer, dict]:
     return peer, {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "malloc_defaults": malloc_defaults,
+        "huge_pages": hostmem.huge_pages(),  # inherited from the JAX side's process
         "parameters": peer.parameters,
         "rss_before_model_gb": rss_before,
         "warmup_s": warmup_s,

@@ -1,5 +1,5 @@
-"""yolov4_jax.hostmem: freed memory is kept for reuse, so a step's buffers do not page-fault
-in again every step (the cost it removes: docs/benchmarks.md)."""
+"""yolov4_jax.hostmem: the training program restarts itself with glibc's huge-page tunable, so
+a step's large buffers fault in 2 MiB at a time (the cost it removes: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import sys
 
 import pytest
 
+from yolov4_jax import hostmem
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Allocates (malloc, as XLA:CPU does a step's buffers; numpy would ask for huge pages), touches
-# and frees 256 MB twice, and prints the minor page faults of the second time.
+# As the training program starts (apply_defaults first), then allocates (malloc, as XLA:CPU
+# does a step's buffers), touches and frees 256 MB twice; prints its process id, whether
+# malloc has huge pages, and the minor page faults of the second time.
 PROGRAM = """
-import ctypes, resource
-import sys
-import yolov4_jax
+import ctypes, os, resource, sys
 from yolov4_jax import hostmem
 if sys.argv[1] == "apply":
-    hostmem.apply_defaults()  # as the training program does
+    hostmem.apply_defaults()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -29,47 +30,76 @@ def touch():
     ctypes.memset(block, 1, 2**28)
     libc.free(block)
 touch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+before = faults()
 touch()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(os.getpid(), hostmem.huge_pages(), faults() - before)
 """
 
 
-def _second_time_faults(defaults: str, apply: bool = True) -> int:
-    env = dict(os.environ, YOLOV4_JAX_MALLOC_DEFAULTS=defaults)
-    out = subprocess.run(
+def _run(defaults: str, apply: bool = True) -> tuple[bool, int]:
+    env = dict(os.environ, YOLOV4_JAX_MALLOC_DEFAULTS=defaults, JAX_PLATFORMS="cpu")
+    env.pop("GLIBC_TUNABLES", None)
+    child = subprocess.Popen(
         [sys.executable, "-c", PROGRAM, "apply" if apply else "import only"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split()[-1])
+    out, err = child.communicate()
+    assert child.returncode == 0, err[-2000:]
+    pid, huge, faults = out.split()
+    assert int(pid) == child.pid  # restarted in place: the same process
+    return huge == "True", int(faults)
 
 
 @pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+    platform.system() != "Linux"
+    or platform.libc_ver()[0] != "glibc"
+    or hostmem.thp_mode() != "madvise",
+    reason="glibc with transparent huge pages on madvise only",
 )
-def test_freed_buffers_are_reused_without_page_faults_unless_turned_off():
+def test_restart_gives_large_blocks_huge_pages_unless_turned_off():
     pages = 2**28 // 4096  # the 256 MB block in 4 KiB pages
-    assert _second_time_faults("1") < pages // 100
-    assert _second_time_faults("0") > pages // 2  # glibc's defaults: unmapped, faulted again
-    # Importing the package leaves malloc alone (the setting slows compilation down).
-    assert _second_time_faults("1", apply=False) > pages // 2
+    huge, faults = _run("")
+    assert huge and faults < pages // 50  # about 128 faults of 2 MiB
+    huge, faults = _run("0")
+    assert not huge and faults > pages // 2  # glibc's defaults: unmapped, faulted again
+    # Importing the package leaves malloc alone.
+    huge, faults = _run("", apply=False)
+    assert not huge and faults > pages // 2
 
 
-def test_release_and_settings_are_safe_to_call():
-    from yolov4_jax import hostmem
+def test_tunable_added_only_where_it_changes_something():
+    env = hostmem.huge_pages_environment({"PATH": "/bin"}, "madvise")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": hostmem.HUGE_PAGES}
+    env = hostmem.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.check=3"}, "madvise")
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.check=3:{hostmem.HUGE_PAGES}"
+    # A user's own choice stands; with "always" or "never" the tunable changes nothing.
+    assert (
+        hostmem.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise")
+        is None
+    )
+    assert hostmem.huge_pages_environment({}, "always") is None
+    assert hostmem.huge_pages_environment({}, "never") is None
+    assert hostmem.huge_pages_environment({}, None) is None
 
-    applied = hostmem.keep_freed_memory()
-    assert applied == (hostmem._libc() is not None)
-    assert isinstance(hostmem.release(), bool)
+
+def test_thp_mode_read_from_the_kernel_setting(tmp_path):
+    setting = tmp_path / "enabled"
+    setting.write_text("always [madvise] never\n")
+    assert hostmem.thp_mode(str(setting)) == "madvise"
+    assert hostmem.thp_mode(str(tmp_path / "missing")) is None
 
 
 def test_applied_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
-    from yolov4_jax import hostmem
+    def no_restart(*args):
+        raise AssertionError(f"restarted: {args}")
 
+    monkeypatch.setattr(os, "execve", no_restart)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
     assert not hostmem.cpu_only()
     monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "")
@@ -78,3 +108,7 @@ def test_applied_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
     assert hostmem.cpu_only()
     monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "0")
     assert not hostmem.apply_defaults()
+    monkeypatch.setenv("GLIBC_TUNABLES", hostmem.HUGE_PAGES)  # as after the restart
+    monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "")
+    assert hostmem.apply_defaults()
+    assert isinstance(hostmem.release(), bool)

@@ -8,8 +8,8 @@ read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to `
 unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
 older than 0.10 (where the flag may not exist and XLA would reject it).
 
-The training program (`yolov4_jax.main`) also sets glibc's malloc to keep freed memory for
-reuse (`yolov4_jax.hostmem`); importing the package does not.
+The training program (`yolov4_jax.main`) also restarts itself with glibc's huge-page malloc
+tunable (`yolov4_jax.hostmem`); importing the package does not.
 """
 
 from __future__ import annotations

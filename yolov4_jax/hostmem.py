@@ -1,30 +1,32 @@
-"""Host memory: glibc malloc settings for XLA:CPU's per-step buffers, and returning freed memory.
+"""Host memory: transparent huge pages for XLA:CPU's per-step buffers, and returning freed memory.
 
-XLA:CPU allocates a step's buffers (activations, gradients: 2.2 GB for YOLOv4 at 416, batch
-2) with malloc when the step starts and frees them when it ends. With glibc's defaults
-those blocks are mmap'd and unmapped every step, or come from per-thread arenas that hand
-them back to the kernel, so every step page-faults its whole working set in again: 630,000
-minor faults and 1.3-1.8 s of kernel time per YOLOv4 step on the project's 2-core CPU
-(docs/benchmarks.md). `keep_freed_memory` makes malloc keep them instead (one arena, no mmap
-for large blocks, no automatic trimming), after which a step takes no page faults; `release`
-returns what is free at that moment (after building the train state, after compiling), so
-the process's resident memory follows what it uses.
+XLA:CPU allocates a step's buffers with malloc when the step starts and frees them when it
+ends. glibc serves blocks above 32 MB with mmap and unmaps them on free, so each step faults
+its large buffers in again (YOLOv4's 0.95 GB temp buffer at 416, batch 2: 250,000 minor
+faults per step with 4 KiB pages on the project's 2-core CPU). glibc's tunable
+``glibc.malloc.hugetlb=1`` makes malloc ask for transparent huge pages (``madvise``) for
+those blocks and for its heaps, so a step faults 2 MiB at a time: about 1,300 faults per
+YOLOv4 step, which took its step from 2.72 to 2.48-2.61 s (docs/benchmarks.md).
 
-The price is memory: freed blocks stay resident, and small allocations made between steps
-can split a kept block, so the heap grows by a step's working set now and then before it
-levels off (the demo's step held 1.7 GB after 50 steps instead of 1.0 GB, and stayed there
-over 150 steps; the 750-step demo run peaked at 2.4 GB). For YOLOv4 the faults cost more than
-that: its step peak went down (3.45 -> 3.30 GB, the trims) and the step 14% faster.
+glibc reads tunables when a process starts, so `apply_defaults` restarts the training
+program with it (`os.execve`: the same process id, interpreter, command line and
+environment, plus the tunable in ``GLIBC_TUNABLES``), first thing, before JAX starts. It
+does so only where it changes something: Linux with glibc, JAX on the CPU alone (`cpu_only`;
+with a GPU or TPU the step's buffers live on the device), the kernel's huge pages set to
+``madvise`` (with ``always`` they are used anyway, with ``never`` not at all), and
+``GLIBC_TUNABLES`` not naming ``glibc.malloc.hugetlb`` already (a user's own choice stands).
+``YOLOV4_JAX_MALLOC_DEFAULTS=0`` turns it off, ``=1`` on also with accelerators. Importing
+the package changes nothing (tests and notebooks run with the malloc they started with).
 
-A second price is compile time: with one arena, XLA's parallel code generation contends for
-it (YOLOv4's step compiled in 28.7 s instead of 22.6, the demo's in 15-16 s instead of
-13-14). So the package does not apply it on import (tests and notebooks mostly compile);
-the training program (`yolov4_jax.main`) and experiments/benchmark_train.py call
-`apply_defaults` first thing, before JAX starts its CPU backend's threads (which then share
-the one arena; Linux with glibc only), where JAX can only run on the CPU (`cpu_only`): with
-a GPU or TPU the step's buffers live on the device and the setting would only keep host
-memory. ``YOLOV4_JAX_MALLOC_DEFAULTS=0`` turns it off there, ``=1`` on also with
-accelerators. It is a host setting: the model and the step are unchanged.
+Until 2026-12-05 the program kept freed memory instead (one malloc arena, no mmap, no
+trimming): no faults, but the compiler's freed memory fragmented that one heap, every later
+allocation walked glibc's bins (12% of a step's CPU samples in ``_int_malloc``), and XLA's
+parallel code generation contended for the arena. Against it glibc's arenas with huge pages
+made YOLOv4's step 1.2-1.3x faster and its compile 1.2x, and took the demo's step peak from
+1.72 to 1.0 GB (docs/benchmarks.md, "The step after an in-process compile").
+
+`release` returns what is free at a moment (after building the train state, after
+compiling), so the process's resident memory follows what it uses.
 """
 
 from __future__ import annotations
@@ -34,44 +36,33 @@ import ctypes.util
 import functools
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import platform
+import sys
+from collections.abc import Mapping
 
-# mallopt parameters (glibc malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
-M_ARENA_MAX = -8
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @functools.cache
 def _libc():
     """glibc through ctypes, or None on other C libraries and systems."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+    if not hasattr(libc, "malloc_trim"):
         return None
-    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.malloc_trim.argtypes = (ctypes.c_size_t,)
     return libc
-
-
-def keep_freed_memory() -> bool:
-    """Keeps freed blocks for reuse: one malloc arena for all threads, large blocks from the
-    heap rather than mmap, no trimming on free. Returns whether it was applied (glibc only).
-
-    Threads that already allocated keep their own arena: call it before JAX's first
-    computation (importing `yolov4_jax` does)."""
-    libc = _libc()
-    if libc is None:
-        return False
-    ok = libc.mallopt(M_ARENA_MAX, 1) == 1
-    ok &= libc.mallopt(M_MMAP_MAX, 0) == 1
-    ok &= libc.mallopt(M_TRIM_THRESHOLD, -1) == 1  # -1: never trim on free (man mallopt)
-    return bool(ok)
 
 
 def release() -> bool:
@@ -91,10 +82,47 @@ def cpu_only() -> bool:
     return not importlib.metadata.entry_points(group="jax_plugins")
 
 
+def thp_mode(path: str = THP_SETTING) -> str | None:
+    """The kernel's transparent huge page mode (``always``, ``madvise`` or ``never``), or None
+    where it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def huge_pages_environment(environ: Mapping[str, str], mode: str | None) -> dict | None:
+    """``environ`` with `HUGE_PAGES` added to ``GLIBC_TUNABLES``, or None where that would
+    change nothing: huge pages not in ``madvise`` mode, or the tunable already named."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if mode != "madvise" or "glibc.malloc.hugetlb=" in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES}" if tunables else HUGE_PAGES}
+
+
+def huge_pages() -> bool:
+    """Whether this process's malloc was started with `HUGE_PAGES`."""
+    return HUGE_PAGES in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def apply_defaults() -> bool:
-    """`keep_freed_memory` where JAX runs on the CPU only (`cpu_only`), unless
-    ``YOLOV4_JAX_MALLOC_DEFAULTS`` is 0 (never) or 1 (also with accelerators)."""
+    """Restarts this program with `HUGE_PAGES` where that helps (see the module's docstring)
+    and returns only where it does not: whether malloc uses huge pages. Call it first thing,
+    before JAX starts; the restarted process calls it again and goes on."""
     setting = os.environ.get("YOLOV4_JAX_MALLOC_DEFAULTS", "")
-    if setting == "0" or (setting != "1" and not cpu_only()):
-        return False
-    return keep_freed_memory()
+    if setting == "0" or (setting != "1" and not cpu_only()) or not _glibc():
+        return huge_pages()
+    environ = huge_pages_environment(os.environ, thp_mode())
+    if environ is None:
+        return huge_pages()
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, argv, environ)
+    except OSError as e:  # no restart: the program runs on, with 4 KiB pages
+        logging.warning("could not restart %s with %s: %s", argv, HUGE_PAGES, e)
+    return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -29,7 +28,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config_flag, workdir_flag = _FLAGS
     config = config_flag.value
-    hostmem.apply_defaults()  # before JAX starts its threads (see yolov4_jax.hostmem)
+    import jax  # here: the restart for huge pages (below) comes before JAX is imported
+
     if config.train.distributed:
         jax.distributed.initialize()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -51,5 +51,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    hostmem.apply_defaults()  # may restart the program, so first (see yolov4_jax.hostmem)
     _FLAGS = _define_flags()
     cli.run(main)
