@@ -98,22 +98,29 @@ def test_bad_config_arguments_are_one_line_errors(program, args, expected):
     assert not os.path.exists("/nonexistent/never-created")
 
 
-def test_package_import_turns_ynnpack_fusions_off_unless_told_otherwise():
+def test_package_import_leaves_ynnpack_reductions_only_unless_told_otherwise():
     # yolov4_jax/__init__.py appends the flag before JAX starts its CPU backend, keeps a
-    # user's own setting and the opt-out; the compiled convolution then has no YNN fusion.
+    # user's own setting and the opt-out; the compiled convolution then has no YNN fusion,
+    # the long reduction (BatchNorm's statistics) has one.
     code = (
         "import os, jax, jax.numpy as jnp, yolov4_jax\n"
         "x, w = jnp.ones((1, 64, 64, 64)), jnp.ones((3, 3, 64, 64))\n"
         "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',"
         " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-        "hlo = jax.jit(f).lower(x, w).compile().as_text()\n"
-        "print(os.environ.get('XLA_FLAGS', ''), '|', '__ynn_fusion' in hlo)\n"
+        "conv = jax.jit(f).lower(x, w).compile().as_text()\n"
+        "sums = jax.jit(lambda x: x.sum((0, 1, 2))).lower(x).compile().as_text()\n"
+        "print(os.environ.get('XLA_FLAGS', ''), '|', '__ynn_fusion' in conv,"
+        " '__ynn_fusion' in sums)\n"
     )
     flag = "--xla_cpu_experimental_ynn_fusion_type="
-    cases = [  # (environment, XLA_FLAGS after the import, a YNN fusion in the HLO)
-        ({}, flag, "False"),
-        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, f"=2 {flag}", "False"),
-        ({"XLA_FLAGS": f"{flag}individual_dot"}, f"{flag}individual_dot", None),
+    cases = [  # (environment, XLA_FLAGS after the import, YNN fusions in conv and sums)
+        ({}, f"{flag}reduce", "False True"),
+        (
+            {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            f"=2 {flag}reduce",
+            "False True",
+        ),
+        ({"XLA_FLAGS": flag}, flag, "False False"),
         ({"YOLOV4_JAX_XLA_DEFAULTS": "0"}, "", None),
     ]
     for extra, flags, ynn in cases:

@@ -1,12 +1,15 @@
 """YOLOv4 in JAX/Flax.
 
 Importing the package sets one XLA:CPU default (before JAX starts its backend): YNNPACK
-fusions off (``--xla_cpu_experimental_ynn_fusion_type=``). With them on, jaxlib 0.10 sends
-the convolutions to YNNPACK, which on the project's CPU ran YOLOv4's forward pass 1.5x and
-its training step 1.14x slower than XLA's own convolutions (docs/benchmarks.md). The flag is
-read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to ``XLA_FLAGS``
-unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or jaxlib is
-older than 0.10 (where the flag may not exist and XLA would reject it).
+fusions for reductions only (``--xla_cpu_experimental_ynn_fusion_type=reduce``). jaxlib 0.10
+also sends the convolutions to YNNPACK by default, which on the project's CPU ran YOLOv4's
+forward pass 1.5x and its training step 1.14x slower than XLA's own convolutions; YNNPACK's
+reductions, on the other hand, replace XLA:CPU's rewrite of every long reduction into a tree
+of 32-row reduce-windows, which made BatchNorm's statistics slow: with them YOLOv4's training
+step was 7% faster and compiled 16% faster, the demo's 11% faster (docs/benchmarks.md). The
+flag is read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to
+``XLA_FLAGS`` unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or
+jaxlib is older than 0.10 (where the flag may not exist and XLA would reject it).
 
 The training program (`yolov4_jax.main`) also restarts itself with glibc's huge-page malloc
 tunable (`yolov4_jax.hostmem`); importing the package does not.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+YNN_REDUCE_ONLY = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
 def _xla_cpu_defaults() -> None:
@@ -31,7 +34,7 @@ def _xla_cpu_defaults() -> None:
     except (importlib.metadata.PackageNotFoundError, ValueError):
         return
     if (major, minor) >= (0, 10):
-        os.environ["XLA_FLAGS"] = f"{flags} {YNN_OFF}".strip()
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_REDUCE_ONLY}".strip()
 
 
 _xla_cpu_defaults()
