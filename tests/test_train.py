@@ -193,7 +193,11 @@ def test_tiny_batch_overfits():
             "optim.burn_in": 10,
             "optim.learning_rate": 0.01,
             "optim.subdivisions": 1,
-            "optim.schedule": "constant",
+            # Annealed (x0.1 at 100 and 125): at a constant rate the boxes kept moving, and
+            # the IoU at step 150 fell anywhere in 0.66-0.95 with float rounding changes.
+            "optim.schedule": "steps",
+            "optim.steps": (100, 125),
+            "optim.scales": (0.1, 0.1),
             "model.bn_momentum": 0.9,  # running statistics settled within the 150 steps
         }
     )
@@ -214,7 +218,7 @@ def test_tiny_batch_overfits():
     assert np.asarray(detections.valid[:, 0]).all()
     np.testing.assert_array_equal(detections.classes[:, 0], batch["labels"][:, 0])
     iou = np.asarray(boxes.iou(jnp.asarray(top_box), batch["boxes"][:, 0]))
-    assert (iou > 0.7).all(), (iou, top_box)
+    assert (iou > 0.85).all(), (iou, top_box)
     assert (np.asarray(detections.scores[:, 0]) > 0.5).all(), detections.scores[:, 0]
 
 
