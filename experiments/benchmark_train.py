@@ -282,9 +282,9 @@ def benchmark(args) -> dict:
 
 def _compile_in_child(args) -> dict:
     """Compiles the step in a child process (`--compile_only`) into a fresh persistent
-    compilation cache, so that this process loads it instead of compiling: the steps then run
-    on a malloc heap that the compiler has not fragmented (see docs/benchmarks.md, "The step
-    after an in-process compile"). Returns the child's result and the cache folder."""
+    compilation cache, so that this process loads it instead of compiling, as a second start
+    of the training program does (docs/benchmarks.md, "The step after an in-process compile",
+    compares the two). Returns the child's compile time and the cache folder."""
     import subprocess
     import tempfile
 

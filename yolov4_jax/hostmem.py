@@ -23,7 +23,7 @@ trimming): no faults, but the compiler's freed memory fragmented that one heap, 
 allocation walked glibc's bins (12% of a step's CPU samples in ``_int_malloc``), and XLA's
 parallel code generation contended for the arena. Against it glibc's arenas with huge pages
 made YOLOv4's step 1.2-1.3x faster and its compile 1.2x, and took the demo's step peak from
-1.72 to 1.0 GB (docs/benchmarks.md, "The step after an in-process compile").
+1.72 to 1.0 GB (docs/benchmarks.md, "Host malloc: glibc's arenas with huge pages").
 
 `release` returns what is free at a moment (after building the train state, after
 compiling), so the process's resident memory follows what it uses.
@@ -113,9 +113,8 @@ def apply_defaults() -> bool:
     and returns only where it does not: whether malloc uses huge pages. Call it first thing,
     before JAX starts; the restarted process calls it again and goes on."""
     setting = os.environ.get("YOLOV4_JAX_MALLOC_DEFAULTS", "")
-    if setting == "0" or (setting != "1" and not cpu_only()) or not _glibc():
-        return huge_pages()
-    environ = huge_pages_environment(os.environ, thp_mode())
+    wanted = _glibc() and (setting == "1" or (setting != "0" and cpu_only()))
+    environ = huge_pages_environment(os.environ, thp_mode()) if wanted else None
     if environ is None:
         return huge_pages()
     argv = [sys.executable, *sys.orig_argv[1:]]
