@@ -1,5 +1,6 @@
 """yolov4_jax.hostmem: the training program restarts itself with glibc's huge-page tunable, so
-a step's large buffers fault in 2 MiB at a time (the cost it removes: docs/benchmarks.md)."""
+a step's large buffers fault in 2 MiB at a time (the cost it removes: docs/benchmarks.md);
+Python's collector is paused while a step traces."""
 
 from __future__ import annotations
 
@@ -112,3 +113,22 @@ def test_applied_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
     monkeypatch.setenv("YOLOV4_JAX_MALLOC_DEFAULTS", "")
     assert hostmem.apply_defaults()
     assert isinstance(hostmem.release(), bool)
+
+
+def test_collector_paused_inside_and_restored_after():
+    import gc
+
+    assert gc.isenabled()
+    with hostmem.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), hostmem.collector_paused():
+        raise RuntimeError("a failed trace")
+    assert gc.isenabled()
+    gc.disable()  # a caller's own choice stands
+    try:
+        with hostmem.collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

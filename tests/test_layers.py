@@ -142,6 +142,9 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
         (10, 11, 5, 2, 2, 2),
         (12, 10, 3, 3, 1, 2),
         (9, 9, 1, 3, 0, 2),  # phases no tap reaches get zero gradient
+        # Maps smaller than the kernel: the input gradient flips the maps, not the kernel.
+        (2, 2, 3, 1, 1, 2),
+        (3, 3, 3, 2, 1, 2),
         # From a batch of 8 the filter gradient is one dilated convolution.
         (8, 9, 3, 1, 1, 8),
         (13, 13, 3, 2, 1, 8),
@@ -168,6 +171,23 @@ def test_canonical_conv_gradients_equal_autodiff(height, width, size, stride, pa
         assert got[0].dtype == got[1].dtype == jnp.float64
         for value, reference in zip(got, want, strict=True):
             np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "size,stride,padding", [(3, 1, 1), (3, 2, 1), (5, 2, 2), (3, 3, 1), (7, 1, 3), (3, 2, 0)]
+)
+def test_input_gradient_flipping_the_maps_equals_flipping_the_kernel(size, stride, padding):
+    k1, k2 = jax.random.split(jax.random.key(size + 10 * stride + 100 * padding))
+    height, width = 11, 10
+    out = [(s + 2 * padding - size) // stride + 1 for s in (height, width)]
+    with jax.enable_x64():
+        grad = jax.random.normal(k1, (2, *out, 4), jnp.float64)
+        kernel = jax.random.normal(k2, (size, size, 3, 4), jnp.float64)
+        by_kernel, by_maps = (
+            conv._input_gradient(grad, kernel, stride, padding, (height, width), flip_maps=f)
+            for f in (False, True)
+        )
+        np.testing.assert_allclose(by_maps, by_kernel, rtol=1e-12, atol=1e-12)
 
 
 def test_canonical_conv_gradients_stay_canonical_inside_scan():

@@ -27,13 +27,20 @@ made YOLOv4's step 1.2-1.3x faster and its compile 1.2x, and took the demo's ste
 
 `release` returns what is free at a moment (after building the train state, after
 compiling), so the process's resident memory follows what it uses.
+
+`collector_paused` holds back Python's cyclic garbage collector while a step is traced:
+tracing YOLOv4's training step creates millions of short-lived objects, and the collections
+they set off walk every live object (the model, JAX's caches) again and again. Paused, the
+step's trace and lowering at 416 took 2.9-3.0 s instead of 4.0-4.5 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import importlib.metadata
 import importlib.util
 import logging
@@ -69,6 +76,20 @@ def release() -> bool:
     """Returns free heap memory to the kernel (`malloc_trim`); whether any was released."""
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off inside the block (for calls that may trace and
+    compile a step), back to what it was after it. Reference counting still frees what is
+    not in a cycle; the cycles made meanwhile are collected at the next collection."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def cpu_only() -> bool:

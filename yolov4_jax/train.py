@@ -484,7 +484,8 @@ def train_and_evaluate(
             while step < total_steps:
                 local = next(train_iter)
                 images_seen += local["image"].shape[0] * jax.process_count()
-                state, metrics = train_step(state, global_batch(local, mesh))
+                with hostmem.collector_paused():  # the first call (and a new shape) traces
+                    state, metrics = train_step(state, global_batch(local, mesh))
                 step += 1
                 if step == start_step + 1:
                     hostmem.release()  # what the compiler freed
