@@ -28,6 +28,10 @@ compilation cache, as a second start of the training program does (`compile_s` i
 load). Run as a program, the benchmark restarts itself with the training program's host
 malloc setting first (`yolov4_jax.hostmem`; `huge_pages` in the output).
 
+`--torch_dir DIR` times the same network's step in PyTorch eager (`experiments/torch_peer.py`),
+alternating --rounds rounds of --steps steps with JAX's: `torch_step_over_jax` is the ratio of
+the medians, `torch_step_over_jax_by_round` each round's (the machine's speed drifts).
+
 `--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
 kind; `--hlo FILE` writes the compiled step's HLO.
 """
@@ -277,6 +281,12 @@ def benchmark(args) -> dict:
         peer.close()
         # > 1: the JAX step is faster (smaller); the issue's goal is torch / JAX >= 1 / 1.2
         result["torch_step_over_jax"] = round(result["torch"]["step_s"] / median, 3)
+        # Per round (alternating): how far the machine's speed drifted during the run.
+        n = args.steps
+        result["torch_step_over_jax_by_round"] = [
+            round(statistics.median(peer_times[i : i + n]) / statistics.median(times[i : i + n]), 3)
+            for i in range(0, len(times), n)
+        ]
         result["torch_peak_over_jax"] = round(result["torch"]["peak_memory_gb"] / memory, 3)
     return result
 

@@ -163,6 +163,8 @@ def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
     ratio = result["torch_step_over_jax"]
     assert ratio > 0
     assert abs(ratio * result["step_s"] - torch["step_s"]) <= 6e-4 * (1 + ratio)
+    rounds = result["torch_step_over_jax_by_round"]
+    assert len(rounds) == 2 and all(r > 0 for r in rounds)
 
 
 def test_conv_gradient_benchmark_covers_every_convolution(capsys):
