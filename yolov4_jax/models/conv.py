@@ -86,7 +86,8 @@ def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
     """`conv2d` whose backward pass is written as NHWC x HWIO convolutions.
 
     Input gradient: the output gradient convolved with the kernel flipped in space and with
-    its in/out channels swapped, phase by phase for strides above 1 (`_input_gradient`).
+    its in/out channels swapped, phase by phase for strides above 1 (`_input_gradient`); a
+    1x1 stride-1 layer's is one matrix product with the kernel as it is.
     Filter gradient: the input with its channels as the batch and its batch as the channels,
     convolved with the output gradient as the kernel, phase by phase for strides above 1
     (`_filter_gradient`); a 1x1 stride-1 layer's is one matrix product.
