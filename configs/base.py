@@ -38,8 +38,10 @@ def _model() -> ml_collections.ConfigDict:
     # auto | xla | canonical: how conv gradients are written (same values); auto = canonical on
     # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (models/conv.py)
     m.conv_gradients = "auto"
-    # auto | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd F(2x2,3x3)
-    # on CPU in float32 for layers where it is faster (models/winograd.py), direct elsewhere
+    # auto | auto_f4 | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd
+    # F(2x2,3x3) on CPU in float32 for layers where it is faster (models/winograd.py), direct
+    # elsewhere; auto_f4 = auto with F(4x4,3x3) on maps of 48x48 and up (a CPU training step
+    # 0-6% faster, a 7 s longer compile, a 0.1 GB higher peak)
     m.conv_algorithm = "auto"
     return m
 

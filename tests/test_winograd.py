@@ -4,6 +4,8 @@ with them equals one without."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +99,14 @@ def test_conv2d_takes_winograd_where_the_algorithm_says():
         assert winograd.tile((1, 13, 13, 512), jnp.float32) == 0
         assert winograd.tile((1, 13, 13, 512), jnp.float32, kernel_ready=True) == 2
         assert winograd.tile((1, 13, 13, 64), jnp.float32, kernel_ready=True) == 0
+        # "auto_f4": F(4, 3) from 144 tiles of 4 x 4 (48 x 48 maps) where the kernel is
+        # transformed in the step; prepared transforms (any input size) stay F(2, 3).
+        geometry = ((3, 3), 1, 1, 1, "auto_f4")
+        assert winograd.layer_tile((2, 48, 48, 128), jnp.float32, *geometry) == 4
+        assert winograd.layer_tile((2, 44, 48, 128), jnp.float32, *geometry) == 2  # 132
+        assert winograd.layer_tile((2, 52, 52, 128), jnp.float32, *geometry, True) == 2
+        assert winograd.layer_tile((2, 52, 52, 64), jnp.float32, *geometry) == 0
+        assert winograd.layer_tile((2, 52, 52, 128), jnp.float32, (3, 3), 1, 1, 1, "auto") == 2
     else:
         assert _has_convolution("auto", (1, 32, 32, 128))
 
@@ -166,3 +176,29 @@ def test_prepared_kernel_transforms_give_the_same_detections():
     assert inference.prepare_variables(auto, variables) is variables
     with pytest.raises(ValueError, match="transformed 3x3 kernel"):
         winograd.conv2d_transformed(jnp.ones((1, 4, 4, 3)), jnp.ones((16, 2, 5)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason='"auto_f4" is direct off the CPU')
+def test_auto_f4_layer_equals_the_direct_convolution_in_float32():
+    # A 48 x 48 map with 128 channels takes F(4x4, 3x3) under "auto_f4": its output and both
+    # gradients agree with the direct convolution's to float32 rounding (F(4, 3) rounds more
+    # than F(2, 3): its transforms have larger coefficients).
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(k1, (1, 48, 48, 128))
+    kernel = jax.random.normal(k2, (3, 3, 128, 16)) * (2 / (9 * 128)) ** 0.5
+    weights = jax.random.normal(k3, (1, 48, 48, 16))
+
+    def loss(x, kernel, algorithm):
+        return jnp.sum(conv.conv2d(x, kernel, 1, 1, algorithm=algorithm) * weights)
+
+    jaxpr = str(jax.make_jaxpr(functools.partial(loss, algorithm="auto_f4"))(x, kernel))
+    assert "f32[36," in jaxpr and "conv_general_dilated" not in jaxpr  # 6 x 6 input tiles
+
+    for got, want in zip(
+        jax.grad(loss, (0, 1))(x, kernel, "auto_f4"),
+        jax.grad(loss, (0, 1))(x, kernel, "direct"),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+    y, direct = (conv.conv2d(x, kernel, 1, 1, algorithm=a) for a in ("auto_f4", "direct"))
+    np.testing.assert_allclose(y, direct, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(direct))))

@@ -42,8 +42,9 @@ class Network(nn.Module):
       conv_gradients: how convolution gradients are expressed ("auto", "xla", "canonical";
         see `conv.conv2d`). The values are the same; "auto" picks the fast form for the
         backend.
-      conv_algorithm: how 3x3 stride-1 convolutions are computed ("auto", "direct",
-        "winograd"; see `conv.conv2d`). "auto" takes Winograd's where it is faster on the CPU.
+      conv_algorithm: how 3x3 stride-1 convolutions are computed ("auto", "auto_f4",
+        "direct", "winograd"; see `conv.conv2d`). "auto" takes Winograd's where it is faster
+        on the CPU; "auto_f4" its larger tiles on large maps too.
       net: darknet's [net] options (input size, channels, training keys), kept so that a
         model exports to a complete cfg.
 

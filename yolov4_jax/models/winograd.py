@@ -68,9 +68,11 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.asarray(a, np.float64) for a in _MATRICES[m])
 
 
-def tile(x_shape, dtype, auto: bool = True, kernel_ready: bool = False) -> int:
+def tile(
+    x_shape, dtype, auto: bool = True, kernel_ready: bool = False, large_tiles: bool = False
+) -> int:
     """The output tile side m of F(m x m, 3 x 3) for a 3x3 stride-1 convolution of an
-    [N, H, W, C] input (2), or 0 for the direct convolution.
+    [N, H, W, C] input (2, or 4 with ``large_tiles``), or 0 for the direct convolution.
 
     With ``auto`` (`conv2d`'s "auto"): 2 only on the CPU backend, in float32, for layers with
     at least 128 input channels and, unless the kernel's transform is ready
@@ -81,13 +83,26 @@ def tile(x_shape, dtype, auto: bool = True, kernel_ready: bool = False) -> int:
     YOLOv4 at 416 the kernel's transform costs about what the products save. YOLOv4 at 416
     with the 26 x 26 and 52 x 52 layers in Winograd's form: inference 9-12% and the training
     step 11% faster, while adding the 64-channel layers, or F(4, 3) on the 52 x 52 ones,
-    gained nothing or lost (docs/benchmarks.md, "Winograd convolutions")."""
+    gained nothing or lost (docs/benchmarks.md, "Winograd convolutions").
+
+    ``large_tiles`` (`conv2d`'s "auto_f4", with ``auto``): 4 instead of 2 where the kernel is
+    transformed here (not ``kernel_ready``: prepared transforms are F(2, 3)'s, computed once
+    for any input size) and the map has at least 144 tiles of 4 x 4 (48 x 48 and up). Later
+    measurements, with the step's other costs smaller, found YOLOv4's training step at 416
+    with its 52 x 52 layers in F(4, 3) 0.94-0.97x the time of F(2, 3)'s in three comparisons
+    and 0.99-1.04x in two (the machine's noise), while the step compiled in 31-33 s instead of
+    24-26 (F(4, 3)'s transforms are larger programs) and peaked at 2.51-2.52 GB instead of
+    2.37-2.40, past the performance issue's goals, so "auto" keeps F(2, 3). F(4, 3) also
+    rounds more: a 52 x 52 x 256 -> 128 layer's float32 output within 1.2e-5 of its largest
+    value, against 6.9e-7 for F(2, 3) and 4.0e-7 direct."""
     height, width, channels = x_shape[1], x_shape[2], x_shape[3]
     small = _tiles(height, 2) * _tiles(width, 2) < 144 and not kernel_ready
     if auto and (
         jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or channels < 128 or small
     ):
         return 0
+    if auto and large_tiles and not kernel_ready and _tiles(height, 4) * _tiles(width, 4) >= 144:
+        return 4
     return 2
 
 
@@ -99,7 +114,9 @@ def layer_tile(
     same_3x3 = tuple(kernel_hw) == (3, 3) and stride == padding == groups == 1
     if algorithm == "direct" or not same_3x3:
         return 0
-    return tile(x_shape, dtype, auto=algorithm == "auto", kernel_ready=kernel_ready)
+    auto = algorithm in ("auto", "auto_f4")
+    large = algorithm == "auto_f4"
+    return tile(x_shape, dtype, auto=auto, kernel_ready=kernel_ready, large_tiles=large)
 
 
 def _combine(terms, coefficients):
