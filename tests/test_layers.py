@@ -143,6 +143,30 @@ def test_separable_max_pool_equals_the_square_window(size, stride, padding):
     )
 
 
+@pytest.mark.parametrize("size,stride,padding", [(2, 2, 0), (2, 1, 1), (3, 2, 1), (5, 1, 4)])
+def test_max_pool_gradient_goes_to_darknets_argmax_among_ties(size, stride, padding):
+    # Few distinct values: most windows hold ties. darknet's maxpool keeps the first cell
+    # (rows, then columns) that is strictly greater than all before it.
+    x = np.asarray(jax.random.randint(jax.random.key(size + stride), (2, 7, 6, 3), 0, 3))
+    x = x.astype(np.float32)
+    spec = specs.MaxPool(size, stride, padding)
+    y = np.asarray(layers.max_pool(jnp.asarray(x), spec))
+    weights = np.asarray(jax.random.normal(jax.random.key(5), y.shape))
+    got = jax.grad(lambda x: jnp.sum(layers.max_pool(x, spec) * weights))(jnp.asarray(x))
+    want = np.zeros_like(x)
+    before = padding // 2
+    for n, i, j, c in np.ndindex(*y.shape):
+        best, where = -np.inf, None
+        for u in range(size):
+            for v in range(size):
+                r, q = i * stride + u - before, j * stride + v - before
+                if 0 <= r < x.shape[1] and 0 <= q < x.shape[2] and x[n, r, q, c] > best:
+                    best, where = x[n, r, q, c], (n, r, q, c)
+        assert best == y[n, i, j, c]
+        want[where] += weights[n, i, j, c]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "height,width,size,stride,padding,batch",
     [
