@@ -236,18 +236,13 @@ def _input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None):
                 phases.append(jnp.zeros((n, rows, cols, channels), grad.dtype))
                 continue
             # (Negative padding, which crops, occurs only at strides above 2.)
+            taps, pads = swapped[row_taps, col_taps], [(row_lo, row_hi), (col_lo, col_hi)]
             if flip_maps:
-                pads = [(row_hi, row_lo), (col_hi, col_lo)]
-                part = jax.lax.conv_general_dilated(
-                    grad, swapped[row_taps, col_taps], (1, 1), pads, dimension_numbers=_NHWC
-                )
-                phases.append(jnp.flip(part, (1, 2)))
-                continue
-            taps = jnp.flip(swapped[row_taps, col_taps], (0, 1))
-            pads = [(row_lo, row_hi), (col_lo, col_hi)]
-            phases.append(
-                jax.lax.conv_general_dilated(grad, taps, (1, 1), pads, dimension_numbers=_NHWC)
-            )
+                pads = [pad[::-1] for pad in pads]
+            else:
+                taps = jnp.flip(taps, (0, 1))
+            part = jax.lax.conv_general_dilated(grad, taps, (1, 1), pads, dimension_numbers=_NHWC)
+            phases.append(jnp.flip(part, (1, 2)) if flip_maps else part)
     # [phase_r * stride + phase_c] -> [N, rows, phase_r, cols, phase_c, C] -> [N, H, W, C]
     grid = jnp.stack(phases, 0).reshape(stride, stride, n, rows, cols, channels)
     grid = grid.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * stride, cols * stride, channels)

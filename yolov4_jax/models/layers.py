@@ -22,6 +22,8 @@ from yolov4_jax.models.conv import (  # noqa: F401 (re-exported)
 BN_EPSILON = 1e-5
 # darknet's softplus inside mish switches to x above 20 (activations.c::softplus_activate).
 MISH_THRESHOLD = 20.0
+# darknet's leaky ReLU slope for negative inputs (activations.h::leaky_activate).
+LEAKY_SLOPE = 0.1
 
 
 def mish(x: jax.Array) -> jax.Array:
@@ -55,7 +57,7 @@ def activation_vjp(x: jax.Array, grad: jax.Array, name: str) -> jax.Array:
     if name == "mish":
         return grad * mish_derivative(x)
     if name == "leaky":
-        return jnp.where(x > 0, grad, 0.1 * grad)
+        return jnp.where(x > 0, grad, LEAKY_SLOPE * grad)
     return jax.vjp(lambda y: activation(y, name), x)[1](grad)[0]
 
 
@@ -64,7 +66,7 @@ def activation(x: jax.Array, name: str) -> jax.Array:
     if name == "linear":
         return x
     if name == "leaky":
-        return jnp.where(x > 0, x, 0.1 * x)
+        return jnp.where(x > 0, x, LEAKY_SLOPE * x)
     if name == "mish":
         return mish(x)
     if name == "swish":
@@ -392,9 +394,7 @@ def _max_pool_1d_fwd(x, axis, size, stride, before, after):
 
 def _max_pool_1d_bwd(axis, size, stride, before, after, residuals, grad):
     x, y = residuals
-    out = y.shape[axis]
-    padded_shape = list(x.shape)
-    padded_shape[axis] += before + after
+    out, length = y.shape[axis], x.shape[axis] + before + after
     widths = [(0, 0)] * x.ndim
     widths[axis] = (before, after)
     padded = jnp.pad(x, widths, constant_values=-jnp.inf)
@@ -407,7 +407,7 @@ def _max_pool_1d_bwd(axis, size, stride, before, after, residuals, grad):
         taken = taken | first
         part = jnp.where(first, grad, jnp.zeros((), grad.dtype))
         spread = [(0, 0, 0)] * x.ndim
-        spread[axis] = (j, padded_shape[axis] - j - stride * (out - 1) - 1, stride - 1)
+        spread[axis] = (j, length - j - stride * (out - 1) - 1, stride - 1)
         part = jax.lax.pad(part, jnp.zeros((), grad.dtype), spread)
         total = part if total is None else total + part
     return (jax.lax.slice_in_dim(total, before, before + x.shape[axis], axis=axis),)
