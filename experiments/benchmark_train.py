@@ -30,7 +30,15 @@ malloc setting first (`yolov4_jax.hostmem`; `huge_pages` in the output).
 
 `--torch_dir DIR` times the same network's step in PyTorch eager (`experiments/torch_peer.py`),
 alternating --rounds rounds of --steps steps with JAX's: `torch_step_over_jax` is the ratio of
-the medians, `torch_step_over_jax_by_round` each round's (the machine's speed drifts).
+the medians, `torch_step_over_jax_by_round` each round's (the machine's speed drifts). Each
+round starts with one untimed step on each side (`settle_step_s`): while one side runs, the
+other sits idle, and on a virtual machine with free-page reporting (this project's, a
+Firecracker guest) the host takes back the memory an idle process has freed. JAX frees its
+step's 0.94 GB temp buffer when the step ends (glibc maps blocks above 32 MB and unmaps them
+on free), so its first step after 8 s idle faults that memory in from the host: 3.6-4.6 s
+instead of 2.1 s at 416, batch 2 (the same after `time.sleep`, without the peer). PyTorch
+keeps most of its freed memory in glibc's heaps and pays 0-0.5 s. Back-to-back training
+steps do not pay it: the next step reuses what the last one freed before it is reported.
 
 `--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
 kind; `--hlo FILE` writes the compiled step's HLO.
@@ -246,8 +254,13 @@ def benchmark(args) -> dict:
                 f"the PyTorch network has {peer.ready['parameters']} parameters, the JAX one "
                 f"{result['parameters']}: experiments/torch_peer.py built a different network"
             )
-    times, peer_times, faults = [], [], []
+    times, peer_times, faults, settle, peer_settle = [], [], [], [], []
     for _ in range(args.rounds):  # alternating with the peer, if any
+        if peer is not None:  # one untimed step after the peer's idle time (module docstring)
+            t = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            settle.append(time.perf_counter() - t)
         for _ in range(args.steps):
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
@@ -256,7 +269,9 @@ def benchmark(args) -> dict:
             times.append(time.perf_counter() - t)
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         if peer is not None:
-            peer_times += peer("time", steps=args.steps)["times"]
+            first, *rest = peer("time", steps=args.steps + 1)["times"]
+            peer_settle.append(first)
+            peer_times += rest
     median = statistics.median(times)
     if args.profile:
         result["top_ops_ms"] = _profile_ops(compiled, state, batch, args.profile)
@@ -268,6 +283,7 @@ def benchmark(args) -> dict:
         max_rss = max(max_rss, memory)
     result.update(
         step_s=round(median, 3),
+        step_times_s=[round(t, 3) for t in times],
         images_per_s=round(args.batch / median, 2),
         minor_faults_per_step=int(statistics.median(faults)),
         achieved_tflops=round(flops / median / 1e12, 3),
@@ -278,6 +294,9 @@ def benchmark(args) -> dict:
     )
     if peer is not None:
         result["torch"] = peer.summary(peer_times, args.batch)
+        result["torch"]["step_times_s"] = [round(t, 3) for t in peer_times]
+        result["settle_step_s"] = [round(t, 3) for t in settle]
+        result["torch"]["settle_step_s"] = [round(t, 3) for t in peer_settle]
         peer.close()
         # > 1: the JAX step is faster (smaller); the goal is torch / JAX >= 1 / 1.2
         result["torch_step_over_jax"] = round(result["torch"]["step_s"] / median, 3)

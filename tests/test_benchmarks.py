@@ -165,6 +165,9 @@ def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
     assert abs(ratio * result["step_s"] - torch["step_s"]) <= 6e-4 * (1 + ratio)
     rounds = result["torch_step_over_jax_by_round"]
     assert len(rounds) == 2 and all(r > 0 for r in rounds)
+    # Each round's first step on each side is untimed (settle_step_s), the rest are timed.
+    assert len(result["settle_step_s"]) == len(torch["settle_step_s"]) == 2
+    assert len(result["step_times_s"]) == len(torch["step_times_s"]) == 2
 
 
 def test_conv_gradient_benchmark_covers_every_convolution(capsys):
