@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -34,6 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import base  # noqa: E402
+from experiments.timing import timed_calls  # noqa: E402
 from yolov4_jax.models import conv, factory, layers  # noqa: E402
 
 
@@ -67,13 +67,9 @@ def _backward(stride, padding, groups, gradients):
 
 
 def _time(fn, args, iters: int) -> list[float]:
+    """Milliseconds per call, after a warm-up call."""
     jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return [1e3 * t for t in timed_calls(lambda: jax.block_until_ready(fn(*args)), iters)]
 
 
 def main(argv=None) -> int:

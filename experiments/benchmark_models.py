@@ -39,6 +39,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from experiments.timing import timed_calls  # noqa: E402
 from yolov4_jax.models import (  # noqa: E402
     Network,
     output_shapes,
@@ -124,11 +125,7 @@ def measure(model: Network, variables, size: int, batch: int, repeats: int) -> d
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(variables, images))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(variables, images))
-        times.append(time.perf_counter() - start)
+    times = timed_calls(lambda: jax.block_until_ready(compiled(variables, images)), repeats)
     ms = 1e3 * statistics.median(times)
     return {
         "gflops": network_flops(model, variables, images) / batch / 1e9,

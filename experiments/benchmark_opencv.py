@@ -77,7 +77,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -94,6 +93,7 @@ from experiments.benchmark_models import (  # noqa: E402
     random_variables,
 )
 from experiments.peer_process import PeerProcess  # noqa: E402
+from experiments.timing import timed_calls  # noqa: E402
 from yolov4_jax import darknet, inference  # noqa: E402
 from yolov4_jax.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
 from yolov4_jax.data.synthetic import render_image  # noqa: E402
@@ -271,18 +271,10 @@ def bf16_accuracy(model: Network, raw32, raw16, detections32, detections16, size
     }
 
 
-def _timed(fn, iters: int) -> list[float]:
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def measure(runs: dict, peer, rounds: int, iters: int) -> dict:
     """Median seconds per call of each of `runs` ((engine, measured) -> function) and of
-    OpenCV's forward and detect, JAX and OpenCV alternating round by round."""
+    OpenCV's forward and detect, JAX and OpenCV alternating round by round; with OpenCV, each
+    round starts with one untimed call of each (experiments/timing.py)."""
     options = {
         "score_threshold": NMS.score_threshold,
         "iou_threshold": NMS.iou_threshold,
@@ -297,9 +289,12 @@ def measure(runs: dict, peer, rounds: int, iters: int) -> dict:
         peer("time", what=what, iters=1, **options)
     for _ in range(rounds):
         for key, fn in runs.items():
-            times[key] += _timed(fn, iters)
+            if peer:
+                fn()  # settle
+            times[key] += timed_calls(fn, iters)
         for what in opencv:
-            times[("OpenCV", what)] += peer("time", what=what, iters=iters, **options)["times"]
+            answer = peer("time", what=what, iters=iters + 1, **options)
+            times[("OpenCV", what)] += answer["times"][1:]
     return {key: statistics.median(t) for key, t in times.items()}
 
 

@@ -60,6 +60,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments.peer_process import PeerProcess  # noqa: E402
+from experiments.timing import timed_calls  # noqa: E402
 
 TORCH_INSTALL = (
     "install it with: python -m pip install --target .cache/torch torch "
@@ -254,20 +255,17 @@ def benchmark(args) -> dict:
                 f"the PyTorch network has {peer.ready['parameters']} parameters, the JAX one "
                 f"{result['parameters']}: experiments/torch_peer.py built a different network"
             )
+
+    def step_once():
+        nonlocal state, metrics
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+
     times, peer_times, faults, settle, peer_settle = [], [], [], [], []
     for _ in range(args.rounds):  # alternating with the peer, if any
         if peer is not None:  # one untimed step after the peer's idle time (module docstring)
-            t = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            settle.append(time.perf_counter() - t)
-        for _ in range(args.steps):
-            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+            settle += timed_calls(step_once, 1)
+        times += timed_calls(step_once, args.steps, faults)
         if peer is not None:
             first, *rest = peer("time", steps=args.steps + 1)["times"]
             peer_settle.append(first)

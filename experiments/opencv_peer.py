@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments.peer_process import protocol_channel, serve  # noqa: E402
+from experiments.timing import timed_calls  # noqa: E402
 
 
 def postprocess(outputs, batch: int, size: int, cv2, np, options: dict) -> list:
@@ -100,21 +100,22 @@ class Server:
         return {"yolo": self.out_names}
 
     def time(self, what: str, iters: int, **options) -> dict:
-        times, count = [], 0
-        for _ in range(iters):
-            start = time.perf_counter()
-            if what == "forward":
-                self.net.setInput(self.blob)
-                self.net.forward(self.out_names)
-            elif what == "detect":
-                self.net.setInput(self._blob())
-                outputs = self.net.forward(self.out_names)
-                kept = postprocess(outputs, len(self.bgr), self.size, self.cv2, self.np, options)
-                count = sum(len(k) for k in kept)
-            else:
-                raise ValueError(f"unknown timing {what!r}")
-            times.append(time.perf_counter() - start)
-        return {"times": times, "detections": count}
+        count = [0]
+
+        def forward():
+            self.net.setInput(self.blob)
+            self.net.forward(self.out_names)
+
+        def detect():
+            self.net.setInput(self._blob())
+            outputs = self.net.forward(self.out_names)
+            kept = postprocess(outputs, len(self.bgr), self.size, self.cv2, self.np, options)
+            count[0] = sum(len(k) for k in kept)
+
+        if what not in ("forward", "detect"):
+            raise ValueError(f"unknown timing {what!r}")
+        times = timed_calls(forward if what == "forward" else detect, iters)
+        return {"times": times, "detections": count[0]}
 
 
 def main(opencv_dir: str) -> int:

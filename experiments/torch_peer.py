@@ -47,6 +47,7 @@ if ROOT not in sys.path:
 # Neither imports JAX: benchmark_train imports it lazily, hostmem needs ctypes only.
 from experiments.benchmark_train import reset_peak_rss, status_gb  # noqa: E402
 from experiments.peer_process import protocol_channel, send, serve  # noqa: E402
+from experiments.timing import timed_calls  # noqa: E402
 from yolov4_jax import hostmem  # noqa: E402
 
 
@@ -264,12 +265,9 @@ class Peer:
         return float(loss.detach())
 
     def time(self, steps: int) -> dict:
-        times, loss = [], float("nan")
-        for _ in range(steps):
-            start = time.perf_counter()
-            loss = self.step()
-            times.append(time.perf_counter() - start)
-        return {"times": times, "loss": loss}
+        losses = [float("nan")]
+        times = timed_calls(lambda: losses.append(self.step()), steps)
+        return {"times": times, "loss": losses[-1]}
 
     def memory(self) -> dict:
         return {"rss_gb": status_gb("VmRSS"), "peak_gb": status_gb("VmHWM")}

@@ -185,3 +185,24 @@ def test_conv_gradient_benchmark_covers_every_convolution(capsys):
         assert summary[f"total_{form}_ms"] == pytest.approx(total, abs=0.1) and total > 0
     # The first layer, 3x3 stride 2 on the 32x32 image.
     assert any(r["layer"] == "3x3/2 32x32x3->32" for r in rows)
+
+
+def test_timed_calls_times_each_call_and_counts_its_page_faults():
+    import mmap
+    import time
+
+    from experiments.timing import timed_calls
+
+    def call():  # 10 ms, and a fresh 1 MiB mapping written page by page
+        time.sleep(0.01)
+        memory = mmap.mmap(-1, 1 << 20)
+        for offset in range(0, 1 << 20, mmap.PAGESIZE):
+            memory[offset] = 1
+        memory.close()
+
+    faults = []
+    times = timed_calls(call, 3, faults)
+    assert len(times) == len(faults) == 3
+    assert all(0.01 <= t < 5 for t in times)
+    assert all(f >= (1 << 20) // mmap.PAGESIZE // 2 for f in faults)
+    assert timed_calls(call, 2) and timed_calls(call, 0) == []
