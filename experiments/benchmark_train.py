@@ -31,14 +31,12 @@ malloc setting first (`yolov4_jax.hostmem`; `huge_pages` in the output).
 `--torch_dir DIR` times the same network's step in PyTorch eager (`experiments/torch_peer.py`),
 alternating --rounds rounds of --steps steps with JAX's: `torch_step_over_jax` is the ratio of
 the medians, `torch_step_over_jax_by_round` each round's (the machine's speed drifts). Each
-round starts with one untimed step on each side (`settle_step_s`): while one side runs, the
-other sits idle, and on a virtual machine with free-page reporting (this project's, a
-Firecracker guest) the host takes back the memory an idle process has freed. JAX frees its
-step's 0.94 GB temp buffer when the step ends (glibc maps blocks above 32 MB and unmaps them
-on free), so its first step after 8 s idle faults that memory in from the host: 3.6-4.6 s
-instead of 2.1 s at 416, batch 2 (the same after `time.sleep`, without the peer). PyTorch
-keeps most of its freed memory in glibc's heaps and pays 0-0.5 s. Back-to-back training
-steps do not pay it: the next step reuses what the last one freed before it is reported.
+round starts with one untimed step on each side (`settle_step_s`, experiments/timing.py): JAX
+frees its step's 0.94 GB temp buffer when the step ends (glibc maps blocks above 32 MB and
+unmaps them on free), and while PyTorch's round runs this machine's host takes that memory
+back, so the first JAX step after it took 3.6-4.6 s instead of 2.1 s at 416, batch 2 (the
+same after `time.sleep`, without the peer). PyTorch keeps most of what it frees in glibc's
+heaps and paid 0-0.5 s. Back-to-back training steps do not pay it.
 
 `--profile DIR` traces one more step with `jax.profiler` and prints the time per XLA operation
 kind; `--hlo FILE` writes the compiled step's HLO.

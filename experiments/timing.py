@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 
 
-def timed_calls(call: Callable[[], object], iters: int, faults: list | None = None) -> list[float]:
+def timed_calls(
+    call: Callable[[], object], iters: int, faults: list[int] | None = None
+) -> list[float]:
     """Seconds taken by each of ``iters`` calls of ``call``; each call's minor page faults
     are appended to ``faults`` where it is given."""
     times = []
