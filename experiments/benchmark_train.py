@@ -270,6 +270,8 @@ def benchmark(args) -> dict:
             peer_times += rest
     median = statistics.median(times)
     if args.profile:
+        if peer is not None:  # the trace follows the peer's round: settle first
+            step_once()
         result["top_ops_ms"] = _profile_ops(compiled, state, batch, args.profile)
     memory, memory_kind = _peak_memory_gb(jax.devices()[0])
     # getrusage's maximum can trail VmHWM by the kernel's lazily synced per-thread RSS
