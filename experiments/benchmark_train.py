@@ -281,7 +281,7 @@ def benchmark(args) -> dict:
         max_rss = max(max_rss, memory)
     result.update(
         step_s=round(median, 3),
-        step_times_s=[round(t, 3) for t in times],
+        step_times_s=_rounded(times),
         images_per_s=round(args.batch / median, 2),
         minor_faults_per_step=int(statistics.median(faults)),
         achieved_tflops=round(flops / median / 1e12, 3),
@@ -292,9 +292,9 @@ def benchmark(args) -> dict:
     )
     if peer is not None:
         result["torch"] = peer.summary(peer_times, args.batch)
-        result["torch"]["step_times_s"] = [round(t, 3) for t in peer_times]
-        result["settle_step_s"] = [round(t, 3) for t in settle]
-        result["torch"]["settle_step_s"] = [round(t, 3) for t in peer_settle]
+        result["torch"]["step_times_s"] = _rounded(peer_times)
+        result["settle_step_s"] = _rounded(settle)
+        result["torch"]["settle_step_s"] = _rounded(peer_settle)
         peer.close()
         # > 1: the JAX step is faster (smaller); the issue's goal is torch / JAX >= 1 / 1.2
         result["torch_step_over_jax"] = round(result["torch"]["step_s"] / median, 3)
@@ -306,6 +306,11 @@ def benchmark(args) -> dict:
         ]
         result["torch_peak_over_jax"] = round(result["torch"]["peak_memory_gb"] / memory, 3)
     return result
+
+
+def _rounded(times: list[float]) -> list[float]:
+    """Seconds to the millisecond, as printed."""
+    return [round(t, 3) for t in times]
 
 
 def _compile_in_child(args) -> dict:
