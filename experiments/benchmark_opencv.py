@@ -5,9 +5,11 @@
         [--sizes 416,608] [--batches 1,8] [--dtypes float32,bfloat16] [--rounds 5] [--iters 2]
 
 `--dtypes` entries are a compute dtype with an optional `:<conv algorithm>`
-(`model.conv_algorithm`: auto, direct, winograd; default auto), e.g.
+(`model.conv_algorithm`: auto, direct, winograd, mkl; default auto), e.g.
 `--dtypes float32,float32:direct` times the network with and without Winograd's 3x3
-convolutions in one run.
+convolutions in one run, and `--dtypes float32,bfloat16,bfloat16:mkl` bfloat16 through XLA
+(which computes it in float32) and through oneMKL's bf16 products (`yolov4_jax.cpu_gemm`;
+`pip install mkl`).
 
 The network (`--model`, 80 classes) gets random weights, written with the project's darknet
 export (`yolov4_jax.darknet.save`) into a temporary folder; JAX reads them back with
@@ -33,10 +35,10 @@ For every input size and batch size:
    the predictions where OpenCV keeps a class probability, i.e. above the [yolo] layer's
    `thresh`). The run stops if the raw outputs differ by more than `--tolerance`
    relative to their largest magnitude (with `--weights` it only says so: see "Weights").
-2. bf16 accuracy (with bfloat16 in `--dtypes`): JAX bf16 against JAX fp32 on the same input,
-   on the decoded predictions whose fp32 score passes the threshold (box corners in pixels,
-   that score), and after NMS (the share of fp32 detections that a bf16 detection of the same
-   class overlaps with IoU >= .5).
+2. bf16 accuracy (for each bfloat16 entry of `--dtypes`): JAX bf16 against JAX fp32 on the
+   same input, on the decoded predictions whose fp32 score passes the threshold (box corners
+   in pixels, that score), and after NMS (the share of fp32 detections that a bf16 detection
+   of the same class overlaps with IoU >= .5).
 3. Timing, in `--rounds` rounds: JAX runs `--iters` calls of each of its measurements, then
    the child runs `--iters` of each of OpenCV's, and so on; medians over all calls.
    - forward: the jitted `model.apply` on a device-resident float batch, `block_until_ready`;
@@ -341,15 +343,16 @@ def _bf16_line(setting: str, b: dict) -> str:
 
 
 def benchmark_setting(args, name, models, predicts, variables, images, peer, folder, lines):
-    """Agreement, bf16 accuracy and timing for one input size and batch; the table rows."""
+    """Agreement, bf16 accuracy and timing for one input size and batch; the table rows.
+    ``variables`` maps each of ``models``' entries to its own (`inference.prepare_variables`)."""
     batch, size = images.shape[:2]
     setting = f"{size}x{size}, batch {batch}"
     x = jax.device_put(jnp.asarray(images, jnp.float32) / 255.0)
     forwards = {
-        d: jax.jit(functools.partial(m.apply, train=False)).lower(variables, x).compile()
+        d: jax.jit(functools.partial(m.apply, train=False)).lower(variables[d], x).compile()
         for d, m in models.items()
     }
-    raw = {d: jax.device_get(f(variables, x)) for d, f in forwards.items()}
+    raw = {d: jax.device_get(f(variables[d], x)) for d, f in forwards.items()}
     if peer:
         np.save(os.path.join(folder, "images.npy"), images)
         peer("input", images=os.path.join(folder, "images.npy"))
@@ -362,19 +365,24 @@ def benchmark_setting(args, name, models, predicts, variables, images, peer, fol
             # Trained weights: small BN variances make OpenCV's epsilon show (module docstring).
             lines.append(f"(Above --tolerance {args.tolerance}; not enforced with --weights.)")
             _log(lines[-1])
-    if "bfloat16" in args.dtypes:
-        d32, d16 = (jax.device_get(predicts[d](variables, images)) for d in ("float32", "bfloat16"))
-        b = bf16_accuracy(models["float32"], raw["float32"], raw["bfloat16"], d32, d16, size)
-        lines.append(_bf16_line(setting, b))
+    d32 = jax.device_get(predicts["float32"](variables["float32"], images))
+    for d in args.dtypes:
+        if _dtype_entry(d)[0] != "bfloat16":
+            continue
+        d16 = jax.device_get(predicts[d](variables[d], images))
+        b = bf16_accuracy(models["float32"], raw["float32"], raw[d], d32, d16, size)
+        lines.append(_bf16_line(f"{setting} ({_engine(d)})", b))
         _log(lines[-1])
     runs = {}
     for d in args.dtypes:
-        f, p = forwards[d], predicts[d]
-        engine = "JAX " + d.replace(":", ", ") + (" convs" if ":" in d else "")
-        runs[(engine, "forward")] = lambda f=f: jax.block_until_ready(f(variables, x))
-        runs[(engine, "detect")] = lambda p=p: jax.device_get(p(variables, images))
+        f, p, v = forwards[d], predicts[d], variables[d]
+        engine = _engine(d)
+        runs[(engine, "forward")] = lambda f=f, v=v: jax.block_until_ready(f(v, x))
+        runs[(engine, "detect")] = lambda p=p, v=v: jax.device_get(p(v, images))
     medians = measure(runs, peer, args.rounds, args.iters)
-    rows = table_rows(name, size, batch, medians, network_flops(models["float32"], variables, x))
+    rows = table_rows(
+        name, size, batch, medians, network_flops(models["float32"], variables["float32"], x)
+    )
     _log("\n".join(rows))
     return rows
 
@@ -400,6 +408,11 @@ def _dtype_entry(entry: str) -> tuple[str, str]:
     """(dtype, conv algorithm) of a `--dtypes` entry such as "float32:direct"."""
     dtype, _, algorithm = entry.partition(":")
     return dtype, algorithm or "auto"
+
+
+def _engine(entry: str) -> str:
+    """The table's engine name for a `--dtypes` entry ("JAX bfloat16, mkl convs")."""
+    return "JAX " + entry.replace(":", ", ") + (" convs" if ":" in entry else "")
 
 
 def _variant(model: Network, entry: str) -> Network:
@@ -441,14 +454,17 @@ def run(args) -> str:
                 variables = fixed if fixed is not None else detector_variables(model, scenes)
                 cfg, weights = write_network(model, variables, folder, size)
                 loaded, loaded_vars = darknet.load(cfg, weights)
-                # As detect and evaluate do: Winograd kernel transforms computed once.
-                loaded_vars = inference.prepare_variables(loaded, loaded_vars)
                 if peer:
                     info = peer("load", cfg=cfg, weights=weights, threads=args.threads)
                     if size == sizes[0]:
                         lines.append(f"OpenCV {info['version']}, {info['threads']} threads.")
                 # float32 always: the agreement check and the FLOP count use it.
                 models = {d: _variant(loaded, d) for d in ["float32", *args.dtypes]}
+                # As detect and evaluate do: Winograd kernel transforms, and kernels in the
+                # compute dtype, computed once.
+                prepared = {
+                    d: inference.prepare_variables(m, loaded_vars) for d, m in models.items()
+                }
                 predicts = {
                     d: inference.make_predict_fn(m, inference.nms_options_for(m.heads))
                     for d, m in models.items()
@@ -459,7 +475,7 @@ def run(args) -> str:
                         name,
                         models,
                         predicts,
-                        loaded_vars,
+                        prepared,
                         scenes[:batch],
                         peer,
                         folder,

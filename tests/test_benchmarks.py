@@ -61,7 +61,27 @@ def test_jax_side_runs_without_opencv(tmp_path, capsys):
         ("JAX bfloat16", "detect"),
     }
     assert all(r.endswith("| n/a |") for r in rows)
-    assert re.search(r"bf16 vs fp32, 64x64, batch 1: raw head outputs max \|diff\| \S+", report)
+    line = r"bf16 vs fp32, 64x64, batch 1 \(JAX bfloat16\): raw head outputs max \|diff\| \S+"
+    assert re.search(line, report)
+
+
+def test_bf16_through_mkl_is_its_own_row_with_its_accuracy(tmp_path, capsys):
+    from yolov4_jax import cpu_gemm
+
+    if not cpu_gemm.available():
+        pytest.skip("oneMKL or a C++ compiler is missing (pip install mkl)")
+    args = TINY + ["--opencv_dir", str(tmp_path), "--dtypes", "bfloat16:mkl"]
+    assert bench.main(args) == 0
+    report = capsys.readouterr().out
+    rows = [r for r in report.splitlines() if r.startswith("| yolov4_tiny |")]
+    assert {tuple(c.strip() for c in r.split("|")[4:6]) for r in rows} == {
+        ("JAX bfloat16, mkl convs", "forward"),
+        ("JAX bfloat16, mkl convs", "detect"),
+    }
+    accuracy = r"bf16 vs fp32, 64x64, batch 1 \(JAX bfloat16, mkl convs\): .* (\S+)% of the (\d+)"
+    match = re.search(accuracy, report)
+    share, detections = float(match.group(1)), int(match.group(2))
+    assert 0 <= share <= 100 if detections else np.isnan(share)
 
 
 @pytest.mark.skipif(

@@ -24,7 +24,7 @@ def after(value: jax.Array, grad: jax.Array) -> jax.Array:
 
 
 CONV_GRADIENTS = ("auto", "xla", "canonical")
-CONV_ALGORITHMS = ("auto", "auto_f4", "direct", "winograd")
+CONV_ALGORITHMS = ("auto", "auto_f4", "direct", "winograd", "mkl")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -48,7 +48,10 @@ def conv2d(
     up) where the kernel is transformed in the step: on the CPU YOLOv4's training step at 416
     was 0-6% faster (within the machine's noise), but compiled 7 s longer, peaked 0.1 GB
     higher and rounds more (`winograd.tile`). Other convolutions are always direct, and
-    Winograd's layers have their own backward pass whatever ``gradients`` says.
+    Winograd's layers have their own backward pass whatever ``gradients`` says. "mkl" (CPU
+    only, Intel oneMKL needed) runs every ungrouped convolution as image patches times the
+    kernel through oneMKL (`yolov4_jax.cpu_gemm`): in bfloat16 on the CPU's bf16 units,
+    which XLA:CPU does not use; its backward pass is XLA's.
 
     ``gradients`` picks how its backward pass is expressed (the values are equal either way):
     "xla" is autodiff of `jax.lax.conv_general_dilated`; "canonical" is `canonical_conv2d`,
@@ -63,6 +66,15 @@ def conv2d(
         raise ValueError(f"conv gradients must be one of {CONV_GRADIENTS}, got {gradients!r}")
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "mkl" and groups == 1:
+        from yolov4_jax import cpu_gemm
+
+        if jax.default_backend() != "cpu":
+            raise ValueError(
+                "conv algorithm 'mkl' runs on the CPU only; the default backend is "
+                f"{jax.default_backend()!r} (use model.conv_algorithm='auto')"
+            )
+        return cpu_gemm.conv2d(x, kernel, stride, padding)
     from yolov4_jax.models import winograd  # imports this module's `after`
 
     tile = winograd.layer_tile(

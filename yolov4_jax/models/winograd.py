@@ -110,9 +110,10 @@ def layer_tile(
     x_shape, dtype, kernel_hw, stride, padding, groups, algorithm, kernel_ready=False
 ) -> int:
     """`tile` for a convolution layer under `conv.conv2d`'s ``algorithm``: 0 (direct) unless
-    the layer is 3x3, stride 1, padding 1, ungrouped and the algorithm is not "direct"."""
+    the layer is 3x3, stride 1, padding 1, ungrouped and the algorithm is "auto", "auto_f4" or
+    "winograd"."""
     same_3x3 = tuple(kernel_hw) == (3, 3) and stride == padding == groups == 1
-    if algorithm == "direct" or not same_3x3:
+    if algorithm in ("direct", "mkl") or not same_3x3:
         return 0
     auto = algorithm in ("auto", "auto_f4")
     large = algorithm == "auto_f4"

@@ -1,0 +1,128 @@
+"""oneMKL convolutions on the CPU (yolov4_jax/cpu_gemm.py, model.conv_algorithm="mkl"): values
+and gradients equal XLA's convolution of the same (bf16-rounded) operands; a network with them
+equals the direct one; `inference.prepare_variables` stores bf16 kernels; missing pieces are
+clear errors. Skipped where oneMKL or a C++ compiler is missing (`pip install mkl`; the dev
+extras install it on Linux x86-64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_models import _config
+from yolov4_jax import cpu_gemm, inference
+from yolov4_jax.models import conv, factory
+
+pytestmark = pytest.mark.skipif(
+    not cpu_gemm.available(), reason="oneMKL or a C++ compiler is missing (pip install mkl)"
+)
+
+
+def _xla(x, kernel, stride, padding):
+    return cpu_gemm._xla_conv2d(x, kernel, stride, padding)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, stride, padding",
+    [
+        ((2, 9, 7, 5), (1, 1, 5, 6), 1, 0),  # a plain matrix product
+        ((2, 9, 7, 5), (3, 3, 5, 6), 1, 1),
+        ((1, 10, 13, 3), (3, 3, 3, 4), 2, 1),  # odd output sides, zero padding at stride 2
+        ((1, 8, 8, 2), (5, 5, 2, 3), 1, 2),
+        ((3, 6, 6, 4), (1, 1, 4, 2), 2, 0),  # strided 1x1 (patches of one tap)
+        ((1, 4, 4, 2), (3, 3, 2, 2), 1, 0),  # valid convolution
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_values_and_gradients_equal_xla(x_shape, kernel_shape, stride, padding, dtype):
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape).astype(dtype)
+    kernel = jax.random.normal(kk, kernel_shape).astype(dtype)
+    got = jax.jit(cpu_gemm.conv2d, static_argnums=(2, 3))(x, kernel, stride, padding)
+    # XLA:CPU convolves the same bf16 values in float32: the two differ by summation order
+    # in float32, then by the final rounding to the input dtype.
+    want = _xla(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding)
+    assert got.dtype == dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == jnp.float32 else 8e-3
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(np.float32(got) / scale, np.float32(want) / scale, atol=tol)
+
+    grad = jax.random.normal(kg, want.shape).astype(dtype)
+    _, vjp = jax.vjp(lambda a, b: cpu_gemm.conv2d(a, b, stride, padding), x, kernel)
+    _, vjp_xla = jax.vjp(lambda a, b: _xla(a, b, stride, padding), x, kernel)
+    for g, w in zip(vjp(grad), vjp_xla(grad), strict=True):
+        assert g.dtype == dtype
+        np.testing.assert_array_equal(np.float32(g), np.float32(w))
+
+
+def test_bad_operands_are_errors():
+    with pytest.raises(ValueError, match="both bfloat16 or both float32"):
+        cpu_gemm.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1), jnp.bfloat16), 1, 1)
+    with pytest.raises(ValueError, match="both bfloat16 or both float32"):
+        cpu_gemm.conv2d(jnp.ones((1, 4, 4, 2), jnp.float16), jnp.ones((3, 3, 2, 1)), 1, 1)
+    with pytest.raises(ValueError, match="does not fit input"):
+        cpu_gemm.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 1)), 1, 1)
+
+
+def test_conv2d_takes_mkl_for_ungrouped_layers_only():
+    def lowered(groups):
+        x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4 // groups, 4))
+        fn = jax.jit(lambda a, b: conv.conv2d(a, b, 1, 1, groups, algorithm="mkl"))
+        return fn.lower(x, kernel).as_text()
+
+    assert "yolov4_conv_f32" in lowered(1)
+    grouped = lowered(2)  # grouped convolutions stay XLA's
+    assert "yolov4_conv_f32" not in grouped and "convolution" in grouped
+
+
+def test_a_network_with_mkl_convolutions_equals_the_direct_one():
+    images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+    direct = factory.create_model(_config(conv_algorithm="direct"))
+    mkl = factory.create_model(_config(conv_algorithm="mkl"))
+    variables = direct.init(jax.random.key(1), images)
+    apply = jax.jit(lambda m, v: m.apply(v, images), static_argnums=0)
+    want = apply(direct, variables)
+    for got, ref in zip(apply(mkl, variables), want, strict=True):
+        scale = float(jnp.abs(ref).max())
+        np.testing.assert_allclose(got / scale, ref / scale, atol=1e-5)
+
+    # bfloat16: prepare_variables stores the kernels in bf16 (BN and biases stay float32);
+    # the outputs equal those of the network computing with the float32 kernels.
+    bf16 = mkl.clone(dtype=jnp.bfloat16)
+    prepared = inference.prepare_variables(bf16, variables)
+    kernels = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(prepared["params"])
+        if path[-1].key == "kernel"
+    ]
+    others = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(prepared)
+        if path[-1].key != "kernel"
+    ]
+    assert kernels and all(k.dtype == jnp.bfloat16 for k in kernels)
+    assert others and all(o.dtype == jnp.float32 for o in others)
+    for got, ref in zip(apply(bf16, prepared), apply(bf16, variables), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    assert inference.prepare_variables(mkl, variables) is variables  # float32: nothing to do
+
+
+def test_missing_compiler_and_library_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    with pytest.raises(cpu_gemm.CpuGemmError, match="no C..? compiler .*no-such-c"):
+        cpu_gemm.build()
+    monkeypatch.setenv("CXX", "false")  # runs, fails, says nothing
+    with pytest.raises(cpu_gemm.CpuGemmError, match="building .*cpu_gemm.cc failed"):
+        cpu_gemm.build()
+    monkeypatch.delenv("CXX")
+    library = cpu_gemm.build()
+    assert library.parent == tmp_path / "cache" / "yolov4_jax"
+    assert cpu_gemm.build() == library  # built once
+    missing = str(tmp_path / "libmkl_rt.so.3")
+    with pytest.raises(cpu_gemm.CpuGemmError, match=f"cannot open oneMKL \\({missing}\\)"):
+        cpu_gemm.open_mkl(library, missing)
+    monkeypatch.setenv("YOLOV4_JAX_MKL", missing)
+    assert cpu_gemm.mkl_library() == missing

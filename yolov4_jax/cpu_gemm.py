@@ -1,0 +1,168 @@
+"""Matrix products and convolutions through Intel oneMKL on the CPU, as XLA FFI custom calls.
+
+XLA:CPU computes bfloat16 convolutions and dots in float32 (it converts the operands before
+any kernel sees them), so a bfloat16 model gains nothing there. oneMKL's
+``cblas_gemm_bf16bf16f32`` multiplies bfloat16 matrices with float32 accumulation on the
+CPU's bf16 units (AMX tiles on Sapphire Rapids and later, AVX-512 BF16 elsewhere);
+`conv2d` writes a convolution as image patches (XLA) times the reshaped kernel (oneMKL), and
+`conv.conv2d` takes it for ``model.conv_algorithm="mkl"``. Float32 operands go to
+``cblas_sgemm``. Gradients are XLA's (matrix products in the operands' dtype), so the
+algorithm also trains.
+
+Nothing here runs unless asked for. `register` builds ``cpu_gemm.cc`` with the C++ compiler
+(``CXX``, else ``c++``) against jaxlib's FFI headers into ``$XDG_CACHE_HOME/yolov4_jax``
+(once per source and jaxlib version), opens oneMKL's ``libmkl_rt`` (``YOLOV4_JAX_MKL`` names
+it, else the one ``pip install mkl`` puts under ``sys.prefix``, else the loader's search path)
+and registers the handlers for the CPU platform. oneMKL threads with GNU OpenMP unless
+``MKL_THREADING_LAYER`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("cpu_gemm.cc")
+_TARGETS = {"bfloat16": "yolov4_conv_bf16", "float32": "yolov4_conv_f32"}
+_SYMBOLS = {"bfloat16": "YoloConvBf16", "float32": "YoloConvF32"}
+
+
+class CpuGemmError(RuntimeError):
+    """The oneMKL kernels cannot be built or loaded here; the message says why."""
+
+
+def mkl_library() -> str:
+    """Path (or soname) of oneMKL's single dynamic library."""
+    if os.environ.get("YOLOV4_JAX_MKL"):
+        return os.environ["YOLOV4_JAX_MKL"]
+    for prefix in (sys.prefix, sys.base_prefix):
+        for name in ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"):
+            if (Path(prefix) / "lib" / name).exists():
+                return str(Path(prefix) / "lib" / name)
+    found = ctypes.util.find_library("mkl_rt")
+    if found is None:
+        raise CpuGemmError(
+            "model.conv_algorithm='mkl' needs Intel oneMKL: `pip install mkl` (Linux x86-64), "
+            "or set YOLOV4_JAX_MKL to the path of libmkl_rt"
+        )
+    return found
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "yolov4_jax"
+
+
+def build() -> Path:
+    """The compiled handler library, built on first use (an atomic rename, so concurrent
+    builds are safe) and reused while the source and jaxlib's version stay the same."""
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_gemm-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-fopenmp", "-w", f"-I{include}"]
+        cmd += [str(SOURCE), "-o", str(out), "-ldl"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except FileNotFoundError as e:
+            raise CpuGemmError(f"no C++ compiler {compiler!r} to build {SOURCE} (set CXX)") from e
+        if done.returncode:
+            raise CpuGemmError(f"building {SOURCE} failed:\n{' '.join(cmd)}\n{done.stderr}")
+        os.replace(out, target)
+    return target
+
+
+@functools.cache
+def register() -> None:
+    """Builds and loads the handlers, opens oneMKL and registers the handlers with XLA, once
+    per process."""
+    lib = open_mkl(build(), mkl_library())
+    for dtype, name in _TARGETS.items():
+        handler = jax.ffi.pycapsule(getattr(lib, _SYMBOLS[dtype]))
+        jax.ffi.register_ffi_target(name, handler, platform="cpu")
+
+
+def open_mkl(library: Path, mkl: str) -> ctypes.CDLL:
+    """The handler library at ``library``, with oneMKL (``mkl``) opened for it."""
+    lib = ctypes.CDLL(str(library))
+    os.environ.setdefault("MKL_THREADING_LAYER", "GNU")  # the OpenMP runtime the handlers use
+    error = ctypes.create_string_buffer(1024)
+    if lib.yolov4_cpu_gemm_open(mkl.encode(), error, len(error)):
+        raise CpuGemmError(f"cannot open oneMKL ({mkl}): {error.value.decode()}")
+    return lib
+
+
+def available() -> bool:
+    """Whether `register` succeeds here (a compiler and oneMKL are present)."""
+    try:
+        register()
+    except CpuGemmError:
+        return False
+    return True
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """NHWC x HWIO convolution (square kernel, symmetric zero padding, no groups) through
+    oneMKL: image patches times the kernel reshaped to [size * size * C, O], accumulated in
+    float32 and returned in ``x.dtype``. ``x`` and ``kernel`` are both bfloat16 or both
+    float32. The gradients are XLA's, in that dtype."""
+    dtype = jnp.dtype(x.dtype).name
+    if dtype not in _TARGETS or kernel.dtype != x.dtype or x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(
+            "cpu_gemm.conv2d takes a 4-D input and HWIO kernel, both bfloat16 or both float32;"
+            f" got {x.dtype}{x.shape} and {kernel.dtype}{kernel.shape}"
+        )
+    size, size_w, channels, filters = kernel.shape
+    if size != size_w or channels != x.shape[3]:
+        raise ValueError(f"cpu_gemm.conv2d: kernel {kernel.shape} does not fit input {x.shape}")
+    register()
+    rows = (x.shape[1] + 2 * padding - size) // stride + 1
+    cols = (x.shape[2] + 2 * padding - size) // stride + 1
+    out = jax.ShapeDtypeStruct((x.shape[0], rows, cols, filters), jnp.float32)
+    call = jax.ffi.ffi_call(_TARGETS[dtype], out)
+    y = call(
+        x,
+        kernel.reshape(size * size * channels, filters),
+        size=np.int64(size),
+        stride=np.int64(stride),
+        padding=np.int64(padding),
+    )
+    return y.astype(x.dtype)
+
+
+def _xla_conv2d(x, kernel, stride, padding):
+    pad = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+    return conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv2d_bwd(stride, padding, residuals, grad):
+    x, kernel = residuals
+    _, vjp = jax.vjp(functools.partial(_xla_conv2d, stride=stride, padding=padding), x, kernel)
+    return vjp(grad)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
