@@ -41,7 +41,9 @@ def _model() -> ml_collections.ConfigDict:
     # auto | auto_f4 | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd
     # F(2x2,3x3) on CPU in float32 for layers where it is faster (models/winograd.py), direct
     # elsewhere; auto_f4 = auto with F(4x4,3x3) on maps of 48x48 and up (a CPU training step
-    # 0-6% faster, a 7 s longer compile, a 0.1 GB higher peak)
+    # 0-6% faster, a 7 s longer compile, a 0.1 GB higher peak); mkl = every conv through Intel
+    # oneMKL on the CPU (pip install mkl): with dtype bfloat16 it uses the CPU's bf16 units,
+    # which XLA:CPU does not (yolov4_jax/cpu_gemm.py)
     m.conv_algorithm = "auto"
     return m
 

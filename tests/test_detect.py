@@ -188,3 +188,25 @@ def test_size_that_does_not_fit_the_network(model_files, tmp_path, capsys):
 def test_class_names_default():
     assert detect.class_names(80)[0] == "person"
     assert detect.class_names(2) == ["class_0", "class_1"]
+
+
+def test_bf16_convolutions_through_mkl(model_files, tmp_path, monkeypatch):
+    from yolov4_jax import cpu_gemm
+
+    if not cpu_gemm.available():
+        pytest.skip("oneMKL or a C++ compiler is missing (pip install mkl)")
+    seen = []
+    real = detect.make_predict_fn
+
+    def recording(model, options):
+        seen.append((model.dtype, model.conv_algorithm))
+        return real(model, options)
+
+    monkeypatch.setattr(detect, "make_predict_fn", recording)
+    image = tmp_path / "a.png"
+    _write_image(image, 50, 80, seed=1)
+    extra = ("--thresh", "0.01", "--dtype", "bfloat16", "--conv-algorithm", "mkl")
+    assert detect.main(_args(model_files, tmp_path / "out", image, extra=extra)) == 0
+    assert seen == [(jnp.bfloat16, "mkl")]
+    found = _read_json(tmp_path / "out" / "a.json")
+    assert found and all(0 <= d["box"][0] <= d["box"][2] <= 80 for d in found)

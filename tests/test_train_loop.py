@@ -69,6 +69,16 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_di
         config, workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45
     )
     assert again["AP50"] == pytest.approx(metrics["eval/AP50"], abs=1e-6)
+    # --dtype and --conv_algorithm replace the checkpoint's: oneMKL's float32 products give
+    # the same AP up to float32 rounding; its bfloat16 ones a finite one.
+    from yolov4_jax import cpu_gemm
+
+    if cpu_gemm.available():
+        run = dict(workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45)
+        mkl = evaluate.run(config, conv_algorithm="mkl", **run)
+        assert mkl["AP50"] == pytest.approx(again["AP50"], abs=0.02)
+        bf16 = evaluate.run(config, dtype="bfloat16", conv_algorithm="mkl", **run)
+        assert np.isfinite(bf16["AP50"])
 
 
 def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):

@@ -4,6 +4,7 @@
     python -m yolov4_jax.detect --workdir WORKDIR [--checkpoint best|latest] --out DIR IMAGE...
         [--size 608 | --size 640x480] [--letterbox] [--names coco.names] [--thresh .25]
         [--nms-thresh .45] [--nms-kind greedy|diou] [--max-detections 100]
+        [--dtype float32|bfloat16] [--conv-algorithm auto|direct|winograd|mkl]
 
 Writes, for each image, ``DIR/<stem>.png`` (the image with its boxes, class names and scores
 drawn) and ``DIR/<stem>.json``: a list of ``{"box": [x1, y1, x2, y2], "score", "label",
@@ -12,6 +13,9 @@ drawn) and ``DIR/<stem>.json``: a list of ``{"box": [x1, y1, x2, y2], "score", "
 Each image is resized to the network input, stretched as darknet's detector does by default
 (``--letterbox`` keeps its aspect ratio and pads with grey), then decoded and suppressed by the
 shared `yolov4_jax.inference` predict function, which compiles once per input size.
+``--dtype bfloat16 --conv-algorithm mkl`` computes the convolutions in bfloat16 on the CPU's
+bf16 units through Intel oneMKL (`yolov4_jax.cpu_gemm`, ``pip install mkl``); outputs,
+decoding and NMS stay float32.
 An image that cannot be read is reported with its path and skipped; the command then exits 1.
 """
 
@@ -26,9 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import cv2
+import jax.numpy as jnp
 import numpy as np
 
 from yolov4_jax import darknet
+from yolov4_jax.cpu_gemm import CpuGemmError
 from yolov4_jax.data.augment import Sample, empty_boxes, resize_to_canvas
 from yolov4_jax.data.formats import DataError, read_names
 from yolov4_jax.data.pipeline import boxes_to_original
@@ -40,6 +46,7 @@ from yolov4_jax.inference import (
     prepare_variables,
 )
 from yolov4_jax.models import Network, output_shapes
+from yolov4_jax.models.conv import CONV_ALGORITHMS
 from yolov4_jax.names import COCO_NAMES
 
 
@@ -264,6 +271,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-detections", type=int, default=100, help="per image (default: %(default)s)"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="compute dtype (default: the model's; outputs are float32 either way)",
+    )
+    parser.add_argument(
+        "--conv-algorithm",
+        choices=CONV_ALGORITHMS,
+        help="model.conv_algorithm (default: the model's); mkl: oneMKL on the CPU",
+    )
     return parser.parse_args(argv)
 
 
@@ -300,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:  # checked before the (slow) model load
             raise DetectError("\n".join(f"{p}: image not found" for p in missing))
         model, variables, size, trained_names = load_model(args)
+        if args.dtype:
+            model = model.clone(dtype=jnp.dtype(args.dtype))
+        if args.conv_algorithm:
+            model = model.clone(conv_algorithm=args.conv_algorithm)
         size = args.size or size
         if size is None:
             raise DetectError(f"{args.cfg}: no [net] width and height; pass --size")
@@ -327,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             names=names,
             options=options,
         )
-    except (DetectError, DataError, darknet.CfgError, darknet.WeightsError) as e:
+    except (DetectError, DataError, darknet.CfgError, darknet.WeightsError, CpuGemmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for result in results:

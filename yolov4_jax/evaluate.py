@@ -7,6 +7,7 @@
          --config.data.eval_image_size=608 --config.data.eval_batch_size=8]
 
     python -m yolov4_jax.evaluate --workdir=WORKDIR [--checkpoint=best|latest] [--config=...]
+        [--dtype=bfloat16 --conv_algorithm=mkl]
 
 The model is a training run's checkpoint (``--workdir``; its config.json unless ``--config`` is
 given), a darknet ``--cfg`` with ``--weights``, else ``config.model`` (with the darknet
@@ -15,6 +16,8 @@ darknet's COCO run (``detector valid``: thresh .001, nms .6, the cfg's nms_kind)
 resized to ``config.data.eval_image_size or config.data.image_size``, stretched unless
 ``config.data.letterbox`` (darknet's ``letter_box=1``). Prints AP, AP50, AP75, AP by object
 size and per class (`yolov4_jax.evaluation`), and writes them as JSON to ``--out``.
+``--dtype`` and ``--conv_algorithm`` replace the model's compute dtype and convolution
+algorithm (e.g. bfloat16 through oneMKL on the CPU, to measure what it costs in AP).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ml_collections import config_flags
 from yolov4_jax import cli, darknet, data, evaluation, inference
 from yolov4_jax.darknet import weights as darknet_weights
 from yolov4_jax.models import Network, factory
+from yolov4_jax.models.conv import CONV_ALGORITHMS
 
 
 def _random_variables(model: Network, seed: int) -> Any:
@@ -111,9 +115,12 @@ def run(
     progress: bool = False,
     workdir: str | None = None,
     checkpoint: str = "best",
+    dtype: str | None = None,
+    conv_algorithm: str | None = None,
 ) -> dict[str, float]:
     """Loads the model (`load_model`, or the ``checkpoint`` of a training ``workdir``) and
-    returns `evaluation.evaluate`'s metrics on ``split``."""
+    returns `evaluation.evaluate`'s metrics on ``split``; ``dtype`` and ``conv_algorithm``,
+    where given, replace the model's (`model.dtype`, `model.conv_algorithm`)."""
     info = data.dataset_info(config)
     if workdir:
         if cfg or weights:
@@ -125,6 +132,10 @@ def run(
         model, variables = load_model(
             config, cfg=cfg, weights=weights, num_classes=info.num_classes
         )
+    if dtype:
+        model = model.clone(dtype=jnp.dtype(dtype))
+    if conv_algorithm:
+        model = model.clone(conv_algorithm=conv_algorithm)
     if not model.heads:
         raise ValueError("the model has no [yolo] layers, so it is not a detector")
     if model.heads[0].classes != info.num_classes:
@@ -149,7 +160,7 @@ def run(
         )
     return evaluation.evaluate(
         predict,
-        inference.prepare_variables(model, variables),  # Winograd kernel transforms, once
+        inference.prepare_variables(model, variables),  # Winograd transforms, kernel dtype
         config,
         split=split,
         class_names=info.class_names,
@@ -202,6 +213,15 @@ def _define_flags() -> SimpleNamespace:
             "checkpoint", "best", ["best", "latest"], "Which --workdir one."
         ),
         verbose=flags.DEFINE_bool("verbose", False, "Print pycocotools' own summary too."),
+        dtype=flags.DEFINE_enum(
+            "dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the model's)."
+        ),
+        conv_algorithm=flags.DEFINE_enum(
+            "conv_algorithm",
+            None,
+            list(CONV_ALGORITHMS),
+            "model.conv_algorithm (default: the model's); mkl: oneMKL on the CPU.",
+        ),
     )
 
 
@@ -243,6 +263,8 @@ def main(argv: list[str]) -> None:
         progress=True,
         workdir=_FLAGS.workdir.value,
         checkpoint=_FLAGS.checkpoint.value,
+        dtype=_FLAGS.dtype.value,
+        conv_algorithm=_FLAGS.conv_algorithm.value,
     )
     if jax.process_index() == 0:
         print(f"{config.data.name} {_FLAGS.split.value}: " + format_metrics(metrics))
