@@ -6,6 +6,10 @@ extras install it on Linux x86-64)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +130,26 @@ def test_missing_compiler_and_library_are_clear_errors(tmp_path, monkeypatch):
         cpu_gemm.open_mkl(library, missing)
     monkeypatch.setenv("YOLOV4_JAX_MKL", missing)
     assert cpu_gemm.mkl_library() == missing
+
+
+def test_sharded_batch_gives_the_same_values(tmp_path):
+    # No partitioning rule: on 8 (simulated) devices XLA gathers the batch for the call.
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+        "from yolov4_jax import cpu_gemm\n"
+        "mesh = jax.make_mesh((8,), ('data',))\n"
+        "x = jax.random.normal(jax.random.key(0), (8, 6, 6, 4))\n"
+        "k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))\n"
+        "xs = jax.device_put(x, NamedSharding(mesh, P('data')))\n"
+        "y = jax.jit(lambda a, b: cpu_gemm.conv2d(a, b, 2, 1))(xs, k)\n"
+        "ref = cpu_gemm._xla_conv2d(x, k, 2, 1)\n"
+        "assert float(jnp.abs(y - ref).max()) <= 1e-5 * float(jnp.abs(ref).max())\n"
+        "print('ok', len(jax.devices()))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok", "8"]
