@@ -76,6 +76,9 @@ def test_diou_suppresses_concentric_duplicate() -> None:
     # Same centre: rho = 0, the DIoU test is plain IoU = 64 / 100 = 0.64 > 0.45.
     det = _run([[0, 0, 10, 10], [1, 1, 9, 9]], [[0.9], [0.8]], kind="diou")
     assert _kept(det) == [(0.9, 0)]
+    # beta = 0: the penalty is 1 (powf(0, 0) = 1 too), so IoU - 1 suppresses nothing.
+    det = _run([[0, 0, 10, 10], [1, 1, 9, 9]], [[0.9], [0.8]], kind="diou", beta=0.0)
+    assert _kept(det) == [(0.9, 0), (0.8, 0)]
 
 
 @pytest.mark.parametrize("kind", KINDS)

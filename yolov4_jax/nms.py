@@ -112,7 +112,12 @@ def _nms_single(
 
     overlap = pairwise_iou(cand_boxes, cand_boxes)  # [P, P]
     if kind == "diou":
-        overlap = overlap - jnp.power(pairwise_diou_penalty(cand_boxes, cand_boxes), beta)
+        # penalty ** beta as exp(beta * log(penalty)): XLA:CPU's general power took twice as
+        # long on these [P, P] matrices, the largest cost of NMS. 0 ** beta stays 0 (1 for
+        # beta 0, as powf).
+        penalty = pairwise_diou_penalty(cand_boxes, cand_boxes)
+        powered = jnp.exp(beta * jnp.log(jnp.where(penalty > 0, penalty, 1.0)))
+        overlap = overlap - jnp.where(penalty > 0, powered, jnp.where(beta == 0, 1.0, 0.0))
     order = jnp.arange(num_cand)
     # suppresses[i, j]: i would zero j if i is kept. Only later (lower-score) candidates of
     # the same class, as darknet compares each sorted detection with those after it.
