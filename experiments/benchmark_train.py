@@ -245,7 +245,7 @@ def benchmark(args) -> dict:
     peer = None
     if args.torch_dir:
         layers = factory.model_layers(config.model, num_classes=args.classes)
-        peer = TorchPeer(args.torch_dir, layers, host_batch, config.optim)
+        peer = TorchPeer(args.torch_dir, layers, host_batch, config.optim, args.dtype)
         result["parameters"] = sum(x.size for x in jax.tree.leaves(state.params))
         if peer.ready["parameters"] != result["parameters"]:  # not the same network
             peer.close()
@@ -342,7 +342,7 @@ class TorchPeer(PeerProcess):
     `pip install --target` folder). The constructor returns once the child has built the
     model and run one warm-up step."""
 
-    def __init__(self, torch_dir: str, layers, host_batch: dict, optim_config):
+    def __init__(self, torch_dir: str, layers, host_batch: dict, optim_config, dtype="float32"):
         import dataclasses
         import tempfile
 
@@ -359,6 +359,7 @@ class TorchPeer(PeerProcess):
             "learning_rate": optim_config.learning_rate,
             "momentum": optim_config.momentum,
             "weight_decay": optim_config.weight_decay,
+            "dtype": dtype,
         }
         setup_path = os.path.join(self.folder.name, "setup.json")
         with open(setup_path, "w") as f:
@@ -376,6 +377,7 @@ class TorchPeer(PeerProcess):
             "threads": self.ready["threads"],
             "huge_pages": self.ready["huge_pages"],
             "parameters": self.ready["parameters"],
+            "dtype": self.ready["dtype"],
             "warmup_s": round(self.ready["warmup_s"], 2),
             "step_s": round(median, 3),
             "images_per_s": round(batch / median, 2),

@@ -24,6 +24,11 @@ YOLOv4 does, in float32, NCHW, eager:
   binary cross-entropy on objectness and classes;
 - backward, then `torch.optim.SGD` with momentum and weight decay on the conv kernels.
 
+With `"dtype": "bfloat16"` (benchmark_train's `--dtype bfloat16`) the network runs under
+`torch.autocast("cpu", dtype=torch.bfloat16)`, PyTorch's mixed precision (its convolutions in
+bf16 through oneDNN, float32 weights and BatchNorm), and the loss in float32 on the heads cast
+back, as the JAX side's `model.dtype=bfloat16`.
+
 stdin/stdout carry one JSON request and one JSON answer per line (experiments/peer_process.py;
 {"error": traceback} on failure): {"op": "time", "steps": k} runs k timed steps and returns
 their times; {"op": "memory"} the process's resident set now and its peak since the warm-up
@@ -250,11 +255,17 @@ class Peer:
         self.valid = torch.from_numpy(batch["mask"])
         self.size = self.images.shape[1]
         self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.bf16 = setup.get("dtype", "float32") == "bfloat16"
 
     def step(self) -> float:
         torch = self.torch
         x = self.images.permute(0, 3, 1, 2).float().div_(255.0)
-        heads = self.model(x)
+        if self.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                heads = self.model(x)
+            heads = [(raw.float(), spec) for raw, spec in heads]
+        else:
+            heads = self.model(x)
         loss = sum(
             yolo_loss(torch, raw, spec, self.boxes, self.labels, self.valid, self.size)
             for raw, spec in heads
@@ -293,6 +304,7 @@ def start(torch_dir: str, setup_path: str) -> tuple[Peer, dict]:
         "threads": torch.get_num_threads(),
         "huge_pages": hostmem.huge_pages(),  # inherited from the JAX side's process
         "parameters": peer.parameters,
+        "dtype": "bfloat16" if peer.bf16 else "float32",
         "rss_before_model_gb": rss_before,
         "warmup_s": warmup_s,
         "loss": loss,

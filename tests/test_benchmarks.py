@@ -188,6 +188,12 @@ def test_train_benchmark_times_the_same_network_in_pytorch(capsys):
     # Each round's first step on each side is untimed (settle_step_s), the rest are timed.
     assert len(result["settle_step_s"]) == len(torch["settle_step_s"]) == 2
     assert len(result["step_times_s"]) == len(torch["step_times_s"]) == 2
+    assert torch["dtype"] == "float32"
+    # --dtype bfloat16: PyTorch under autocast, as the JAX side's mixed precision.
+    args += ["--rounds", "1", "--dtype", "bfloat16"]
+    assert benchmark_train.main(args + ["--torch_dir", TORCH_DIR]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["torch"]["dtype"] == "bfloat16" and result["torch"]["step_s"] > 0
 
 
 def test_conv_gradient_benchmark_covers_every_convolution(capsys):

@@ -225,7 +225,7 @@ def test_input_gradient_flipping_the_maps_equals_flipping_the_kernel(size, strid
         grad = jax.random.normal(k1, (2, *out, 4), jnp.float64)
         kernel = jax.random.normal(k2, (size, size, 3, 4), jnp.float64)
         by_kernel, by_maps = (
-            conv._input_gradient(grad, kernel, stride, padding, (height, width), flip_maps=f)
+            conv.input_gradient(grad, kernel, stride, padding, (height, width), flip_maps=f)
             for f in (False, True)
         )
         np.testing.assert_allclose(by_maps, by_kernel, rtol=1e-12, atol=1e-12)

@@ -16,7 +16,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum { kRowMajor = 101, kNoTrans = 111 };
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
 using GemmBf16 = void (*)(int, int, int, int, int, int, float, const uint16_t*, int,
                           const uint16_t*, int, float, float*, int);
 using GemmF32 = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
@@ -27,90 +27,161 @@ GemmF32 gemm_f32 = nullptr;
 // Patch rows built per oneMKL call: about this many bytes of patches, so they stay in cache.
 constexpr int64_t kChunkBytes = 1 << 22;
 
-void Gemm(const uint16_t* a, const uint16_t* b, float* c, int m, int n, int k) {
-  gemm_bf16(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+// c = op(a) b (+ c when accumulate), row-major; op(a) is [m, k], transposed when trans_a.
+void Gemm(bool trans_a, const uint16_t* a, const uint16_t* b, float* c, int m, int n, int k,
+          bool accumulate) {
+  gemm_bf16(kRowMajor, trans_a ? kTrans : kNoTrans, kNoTrans, m, n, k, 1.0f, a,
+            trans_a ? m : k, b, n, accumulate ? 1.0f : 0.0f, c, n);
 }
-void Gemm(const float* a, const float* b, float* c, int m, int n, int k) {
-  gemm_f32(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+void Gemm(bool trans_a, const float* a, const float* b, float* c, int m, int n, int k,
+          bool accumulate) {
+  gemm_f32(kRowMajor, trans_a ? kTrans : kNoTrans, kNoTrans, m, n, k, 1.0f, a,
+           trans_a ? m : k, b, n, accumulate ? 1.0f : 0.0f, c, n);
 }
 
-// x [N, H, W, C] (NHWC), w [size * size * C, O] (an HWIO kernel reshaped), out [N, H', W', O].
-template <typename T>
-ffi::Error Conv(const T* x, const T* w, float* out, ffi::Span<const int64_t> x_dims,
-                ffi::Span<const int64_t> w_dims, ffi::Span<const int64_t> out_dims,
-                int64_t size, int64_t stride, int64_t padding) {
+// A convolution's geometry: x [N, H, W, C] (NHWC), a [kh, kw, C, O] kernel as [kh*kw*C, O],
+// per-side zero padding (negative crops), output [N, rows, cols, O].
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, stride, top, left, rows, cols;
+  int64_t k() const { return kh * kw * c; }
+  int64_t pixels() const { return n * rows * cols; }
+  bool plain() const { return kh == 1 && kw == 1 && stride == 1 && top == 0 && left == 0; }
+};
+
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x, int64_t kh, int64_t kw, int64_t stride,
+                        int64_t top, int64_t bottom, int64_t left, int64_t right,
+                        ffi::Span<const int64_t> out, Geometry* g) {
   if (gemm_bf16 == nullptr || gemm_f32 == nullptr)
     return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "oneMKL is not open");
-  if (x_dims.size() != 4 || w_dims.size() != 2 || out_dims.size() != 4)
-    return ffi::Error::InvalidArgument("expected x [N, H, W, C], w [K, O], out [N, H', W', O]");
-  const int64_t n = x_dims[0], h = x_dims[1], wd = x_dims[2], c = x_dims[3];
-  const int64_t k = size * size * c, filters = w_dims[1];
-  const int64_t rows = (h + 2 * padding - size) / stride + 1;
-  const int64_t cols = (wd + 2 * padding - size) / stride + 1;
-  if (size < 1 || stride < 1 || padding < 0 || w_dims[0] != k || out_dims[0] != n ||
-      out_dims[1] != rows || out_dims[2] != cols || out_dims[3] != filters)
-    return ffi::Error::InvalidArgument("convolution shapes do not agree");
-  if (n * rows * cols > INT32_MAX || k > INT32_MAX || filters > INT32_MAX)
+  if (x.size() != 4 || out.size() != 4)
+    return ffi::Error::InvalidArgument("expected 4-D (NHWC) input and output");
+  *g = {x[0], x[1], x[2], x[3], kh, kw, stride, top, left, 0, 0};
+  if (kh < 1 || kw < 1 || stride < 1 || x[1] + top + bottom < kh || x[2] + left + right < kw)
+    return ffi::Error::InvalidArgument("bad kernel size, stride or padding");
+  g->rows = (x[1] + top + bottom - kh) / stride + 1;
+  g->cols = (x[2] + left + right - kw) / stride + 1;
+  if (out[0] != g->n || out[1] != g->rows || out[2] != g->cols)
+    return ffi::Error::InvalidArgument("the output's shape does not fit the convolution");
+  if (g->pixels() > INT32_MAX || g->k() > INT32_MAX || out[3] > INT32_MAX)
     return ffi::Error::InvalidArgument("a dimension exceeds oneMKL's 32-bit integers");
-  if (size == 1 && stride == 1 && padding == 0) {  // the input is the patch matrix
-    Gemm(x, w, out, n * h * wd, filters, k);
-    return ffi::Error::Success();
-  }
-  const int64_t pixels = n * rows * cols;
-  const int64_t chunk = std::max<int64_t>(16, kChunkBytes / (k * sizeof(T)));
-  std::vector<T> patches(std::min(chunk, pixels) * k);
-  for (int64_t start = 0; start < pixels; start += chunk) {
-    const int64_t count = std::min(chunk, pixels - start);
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t pixel = start + p;
-      const int64_t b = pixel / (rows * cols), i = pixel / cols % rows, j = pixel % cols;
-      T* dst = patches.data() + p * k;
-      for (int64_t dy = 0; dy < size; ++dy) {
-        const int64_t y = i * stride + dy - padding;
-        for (int64_t dx = 0; dx < size; ++dx, dst += c) {
-          const int64_t xx = j * stride + dx - padding;
-          if (y < 0 || y >= h || xx < 0 || xx >= wd) {
-            std::memset(dst, 0, c * sizeof(T));
-          } else {
-            std::memcpy(dst, x + ((b * h + y) * wd + xx) * c, c * sizeof(T));
-          }
-        }
-      }
-    }
-    Gemm(patches.data(), w, out + start * filters, count, filters, k);
-  }
   return ffi::Error::Success();
 }
 
-ffi::Error ConvBf16(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
-                    ffi::ResultBuffer<ffi::F32> out, int64_t size, int64_t stride,
-                    int64_t padding) {
-  return Conv(reinterpret_cast<const uint16_t*>(x.typed_data()),
-              reinterpret_cast<const uint16_t*>(w.typed_data()), out->typed_data(),
-              x.dimensions(), w.dimensions(), out->dimensions(), size, stride, padding);
+// Rows [start, start + count) of the patch matrix [pixels, kh*kw*C], ordered (row, column,
+// channel) within a row as the kernel's reshape.
+template <typename T>
+void Patches(const T* x, const Geometry& g, int64_t start, int64_t count, T* patches) {
+  const int64_t k = g.k();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t pixel = start + p;
+    const int64_t b = pixel / (g.rows * g.cols), i = pixel / g.cols % g.rows;
+    const int64_t j = pixel % g.cols;
+    T* dst = patches + p * k;
+    for (int64_t dy = 0; dy < g.kh; ++dy) {
+      const int64_t y = i * g.stride + dy - g.top;
+      for (int64_t dx = 0; dx < g.kw; ++dx, dst += g.c) {
+        const int64_t xx = j * g.stride + dx - g.left;
+        if (y < 0 || y >= g.h || xx < 0 || xx >= g.w) {
+          std::memset(dst, 0, g.c * sizeof(T));
+        } else {
+          std::memcpy(dst, x + ((b * g.h + y) * g.w + xx) * g.c, g.c * sizeof(T));
+        }
+      }
+    }
+  }
 }
 
-ffi::Error ConvF32(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> out, int64_t size, int64_t stride,
-                   int64_t padding) {
-  return Conv(x.typed_data(), w.typed_data(), out->typed_data(), x.dimensions(),
-              w.dimensions(), out->dimensions(), size, stride, padding);
+int64_t ChunkRows(const Geometry& g, size_t element) {
+  return std::max<int64_t>(16, kChunkBytes / (g.k() * element));
+}
+
+// out [pixels, O] = patches(x) [pixels, K] w [K, O].
+template <typename T>
+void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters) {
+  if (g.plain()) {  // the input is the patch matrix
+    Gemm(false, x, w, out, g.pixels(), filters, g.k(), false);
+    return;
+  }
+  const int64_t chunk = ChunkRows(g, sizeof(T));
+  std::vector<T> patches(std::min(chunk, g.pixels()) * g.k());
+  for (int64_t start = 0; start < g.pixels(); start += chunk) {
+    const int64_t count = std::min(chunk, g.pixels() - start);
+    Patches(x, g, start, count, patches.data());
+    Gemm(false, patches.data(), w, out + start * filters, count, filters, g.k(), false);
+  }
+}
+
+// out [K, O] = patches(x)^T [K, pixels] grad [pixels, O]: the filter gradient.
+template <typename T>
+void FilterGrad(const T* x, const T* grad, float* out, const Geometry& g, int64_t filters) {
+  if (g.plain()) {
+    Gemm(true, x, grad, out, g.k(), filters, g.pixels(), false);
+    return;
+  }
+  const int64_t chunk = ChunkRows(g, sizeof(T));
+  std::vector<T> patches(std::min(chunk, g.pixels()) * g.k());
+  for (int64_t start = 0; start < g.pixels(); start += chunk) {
+    const int64_t count = std::min(chunk, g.pixels() - start);
+    Patches(x, g, start, count, patches.data());
+    Gemm(true, patches.data(), grad + start * filters, out, g.k(), filters, count, start > 0);
+  }
+}
+
+template <ffi::DataType D>
+using In = ffi::Buffer<D>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+template <ffi::DataType D>
+ffi::Error ConvImpl(In<D> x, In<D> w, Out out, int64_t kh, int64_t kw, int64_t stride,
+                    int64_t top, int64_t bottom, int64_t left, int64_t right) {
+  Geometry g;
+  auto dims = out->dimensions();
+  if (auto e = MakeGeometry(x.dimensions(), kh, kw, stride, top, bottom, left, right, dims, &g);
+      e.failure())
+    return e;
+  auto w_dims = w.dimensions();
+  if (w_dims.size() != 2 || w_dims[0] != g.k() || w_dims[1] != dims[3])
+    return ffi::Error::InvalidArgument("the kernel is not [kh * kw * C, O]");
+  Conv(x.typed_data(), w.typed_data(), out->typed_data(), g, dims[3]);
+  return ffi::Error::Success();
+}
+
+// grad [N, rows, cols, O], the output gradient; out [kh * kw * C, O].
+template <ffi::DataType D>
+ffi::Error FilterGradImpl(In<D> x, In<D> grad, Out out, int64_t kh, int64_t kw, int64_t stride,
+                          int64_t top, int64_t bottom, int64_t left, int64_t right) {
+  Geometry g;
+  auto dims = grad.dimensions();
+  if (auto e = MakeGeometry(x.dimensions(), kh, kw, stride, top, bottom, left, right, dims, &g);
+      e.failure())
+    return e;
+  auto out_dims = out->dimensions();
+  if (out_dims.size() != 2 || out_dims[0] != g.k() || out_dims[1] != dims[3])
+    return ffi::Error::InvalidArgument("the result is not [kh * kw * C, O]");
+  FilterGrad(x.typed_data(), grad.typed_data(), out->typed_data(), g, dims[3]);
+  return ffi::Error::Success();
 }
 
 }  // namespace
 
-#define YOLOV4_BIND(T)                   \
-  ffi::Ffi::Bind()                       \
-      .Arg<ffi::Buffer<ffi::T>>()        \
-      .Arg<ffi::Buffer<ffi::T>>()        \
-      .Ret<ffi::Buffer<ffi::F32>>()      \
-      .Attr<int64_t>("size")             \
-      .Attr<int64_t>("stride")           \
-      .Attr<int64_t>("padding")
+#define YOLOV4_BIND(T)                  \
+  ffi::Ffi::Bind()                      \
+      .Arg<ffi::Buffer<ffi::T>>()       \
+      .Arg<ffi::Buffer<ffi::T>>()       \
+      .Ret<ffi::Buffer<ffi::F32>>()     \
+      .Attr<int64_t>("kh")              \
+      .Attr<int64_t>("kw")              \
+      .Attr<int64_t>("stride")          \
+      .Attr<int64_t>("top")             \
+      .Attr<int64_t>("bottom")          \
+      .Attr<int64_t>("left")            \
+      .Attr<int64_t>("right")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloConvBf16, ConvBf16, YOLOV4_BIND(BF16));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloConvF32, ConvF32, YOLOV4_BIND(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloConvBf16, ConvImpl<ffi::BF16>, YOLOV4_BIND(BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloConvF32, ConvImpl<ffi::F32>, YOLOV4_BIND(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloFilterGradBf16, FilterGradImpl<ffi::BF16>, YOLOV4_BIND(BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloFilterGradF32, FilterGradImpl<ffi::F32>, YOLOV4_BIND(F32));
 
 // Opens oneMKL's single dynamic library (libmkl_rt) at `path`; 0 on success, else -1 with
 // the loader's message in `error` (`error_size` bytes).

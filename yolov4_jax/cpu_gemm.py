@@ -38,8 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = Path(__file__).with_name("cpu_gemm.cc")
-_TARGETS = {"bfloat16": "yolov4_conv_bf16", "float32": "yolov4_conv_f32"}
-_SYMBOLS = {"bfloat16": "YoloConvBf16", "float32": "YoloConvF32"}
+# (operation, dtype) -> (XLA target name, handler symbol in cpu_gemm.cc)
+_HANDLERS = {
+    ("conv", "bfloat16"): ("yolov4_conv_bf16", "YoloConvBf16"),
+    ("conv", "float32"): ("yolov4_conv_f32", "YoloConvF32"),
+    ("filter_grad", "bfloat16"): ("yolov4_filter_grad_bf16", "YoloFilterGradBf16"),
+    ("filter_grad", "float32"): ("yolov4_filter_grad_f32", "YoloFilterGradF32"),
+}
 
 
 class CpuGemmError(RuntimeError):
@@ -97,8 +102,8 @@ def register() -> None:
     """Builds and loads the handlers, opens oneMKL and registers the handlers with XLA, once
     per process."""
     lib = open_mkl(build(), mkl_library())
-    for dtype, name in _TARGETS.items():
-        handler = jax.ffi.pycapsule(getattr(lib, _SYMBOLS[dtype]))
+    for name, symbol in _HANDLERS.values():
+        handler = jax.ffi.pycapsule(getattr(lib, symbol))
         jax.ffi.register_ffi_target(name, handler, platform="cpu")
 
 
@@ -124,34 +129,57 @@ def available() -> bool:
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """NHWC x HWIO convolution (square kernel, symmetric zero padding, no groups) through
-    oneMKL: image patches times the kernel reshaped to [size * size * C, O], accumulated in
-    float32 and returned in ``x.dtype``. ``x`` and ``kernel`` are both bfloat16 or both
-    float32. The gradients are XLA's, in that dtype."""
-    dtype = jnp.dtype(x.dtype).name
-    if dtype not in _TARGETS or kernel.dtype != x.dtype or x.ndim != 4 or kernel.ndim != 4:
+def _call(op, x, other, out_shape, kernel_hw, stride, pads):
+    """One handler call; ``pads`` ((top, bottom), (left, right)), negative crops."""
+    register()
+    (top, bottom), (left, right) = pads
+    target = _HANDLERS[(op, jnp.dtype(x.dtype).name)][0]
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32))
+    attrs = dict(kh=kernel_hw[0], kw=kernel_hw[1], stride=stride, top=top, bottom=bottom)
+    attrs.update(left=left, right=right)
+    return call(x, other, **{k: np.int64(v) for k, v in attrs.items()})
+
+
+def _conv(x, kernel, stride, pads):
+    """NHWC x HWIO correlation with per-side padding, float32 out (no gradient)."""
+    kh, kw, channels, filters = kernel.shape
+    rows = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
+    cols = (x.shape[2] + sum(pads[1]) - kw) // stride + 1
+    w = kernel.reshape(kh * kw * channels, filters)
+    return _call("conv", x, w, (x.shape[0], rows, cols, filters), (kh, kw), stride, pads)
+
+
+def _check(x, kernel):
+    if jnp.dtype(x.dtype).name not in ("bfloat16", "float32") or kernel.dtype != x.dtype:
         raise ValueError(
             "cpu_gemm.conv2d takes a 4-D input and HWIO kernel, both bfloat16 or both float32;"
             f" got {x.dtype}{x.shape} and {kernel.dtype}{kernel.shape}"
         )
-    size, size_w, channels, filters = kernel.shape
-    if size != size_w or channels != x.shape[3]:
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
         raise ValueError(f"cpu_gemm.conv2d: kernel {kernel.shape} does not fit input {x.shape}")
-    register()
-    rows = (x.shape[1] + 2 * padding - size) // stride + 1
-    cols = (x.shape[2] + 2 * padding - size) // stride + 1
-    out = jax.ShapeDtypeStruct((x.shape[0], rows, cols, filters), jnp.float32)
-    call = jax.ffi.ffi_call(_TARGETS[dtype], out)
-    y = call(
-        x,
-        kernel.reshape(size * size * channels, filters),
-        size=np.int64(size),
-        stride=np.int64(stride),
-        padding=np.int64(padding),
-    )
-    return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """NHWC x HWIO convolution (no groups, symmetric zero padding) through oneMKL: image
+    patches times the kernel reshaped to [kh * kw * C, O], accumulated in float32 and
+    returned in ``x.dtype``. ``x`` and ``kernel`` are both bfloat16 or both float32.
+
+    The backward pass goes through oneMKL too: the filter gradient is the patches' transpose
+    times the output gradient (`filter_gradient`), the input gradient the phases of
+    `conv.input_gradient`, each a stride-1 convolution of the output gradient through
+    `_conv`; both are rounded to the operands' dtype as XLA's would be."""
+    _check(x, kernel)
+    pads = ((padding, padding), (padding, padding))
+    return _conv(x, kernel, stride, pads).astype(x.dtype)
+
+
+def filter_gradient(x, grad, kernel_hw, stride, padding) -> jax.Array:
+    """[kh, kw, C, O] gradient of `conv2d`'s kernel for the output gradient ``grad``, float32."""
+    pads = ((padding, padding), (padding, padding))
+    out = (kernel_hw[0] * kernel_hw[1] * x.shape[3], grad.shape[3])
+    flat = _call("filter_grad", x, grad.astype(x.dtype), out, kernel_hw, stride, pads)
+    return flat.reshape(*kernel_hw, x.shape[3], grad.shape[3])
 
 
 def _xla_conv2d(x, kernel, stride, padding):
@@ -164,9 +192,18 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 
 def _conv2d_bwd(stride, padding, residuals, grad):
+    from yolov4_jax.models import conv  # the models import this module lazily
+
     x, kernel = residuals
-    _, vjp = jax.vjp(functools.partial(_xla_conv2d, stride=stride, padding=padding), x, kernel)
-    return vjp(grad)
+    grad = grad.astype(x.dtype)
+    grad_kernel = filter_gradient(x, grad, kernel.shape[:2], stride, padding)
+    kernel = conv.after(kernel, grad)  # its flips and transposes when the gradient exists
+
+    def correlate(g, taps, pads):
+        return _conv(g, taps.astype(g.dtype), 1, pads)
+
+    grad_x = conv.input_gradient(grad, kernel, stride, padding, x.shape[1:3], correlate=correlate)
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

@@ -101,7 +101,7 @@ def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
     """`conv2d` whose backward pass is written as NHWC x HWIO convolutions.
 
     Input gradient: the output gradient convolved with the kernel flipped in space and with
-    its in/out channels swapped, phase by phase for strides above 1 (`_input_gradient`); a
+    its in/out channels swapped, phase by phase for strides above 1 (`input_gradient`); a
     1x1 stride-1 layer's is one matrix product with the kernel as it is.
     Filter gradient: the input with its channels as the batch and its batch as the channels,
     convolved with the output gradient as the kernel, phase by phase for strides above 1
@@ -124,7 +124,7 @@ def _canonical_conv2d_bwd(stride, padding, residuals, grad):
         grad_x = jnp.einsum("nhwk,ck->nhwc", grad, kernel[0, 0])
     else:
         kernel = after(kernel, grad)  # flipped or transposed when needed
-        grad_x = _input_gradient(grad, kernel, stride, padding, x.shape[1:3])
+        grad_x = input_gradient(grad, kernel, stride, padding, x.shape[1:3])
     return grad_x, _filter_gradient(x, grad, k, stride, padding)
 
 
@@ -217,7 +217,7 @@ def _phase_taps(size: int, out_size: int, k: int, stride: int, padding: int):
     return length, phases
 
 
-def _input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None):
+def input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None, correlate=None):
     """Input gradient by phases (sub-pixel): input row r = stride * a + phase receives only the
     taps u = phase + padding (mod stride), so each of the stride^2 phases is a stride-1
     convolution of the output gradient with those taps, and the phases interleave into the
@@ -232,7 +232,15 @@ def _input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None):
     with the flipped taps is the flipped correlation of the flipped gradient with the taps,
     its padding mirrored. In YOLOv4's step XLA:CPU fused the flip of a 3x3 512 -> 1024
     kernel into its channel transpose and took 14 ms for the two, against 10 ms for the
-    transpose alone, while the flips of the 13 x 13 maps fuse into their neighbours."""
+    transpose alone, while the flips of the 13 x 13 maps fuse into their neighbours.
+
+    ``correlate(grad, taps, pads)``, where given, computes each phase's stride-1 correlation
+    (per-side ``pads``) instead of XLA (`yolov4_jax.cpu_gemm`)."""
+    if correlate is None:
+
+        def correlate(g, taps, pads):
+            return jax.lax.conv_general_dilated(g, taps, (1, 1), pads, dimension_numbers=_NHWC)
+
     k, n, channels = kernel.shape[0], grad.shape[0], kernel.shape[2]
     rows, row_phases = _phase_taps(sizes[0], grad.shape[1], k, stride, padding)
     cols, col_phases = _phase_taps(sizes[1], grad.shape[2], k, stride, padding)
@@ -253,7 +261,7 @@ def _input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None):
                 pads = [pad[::-1] for pad in pads]
             else:
                 taps = jnp.flip(taps, (0, 1))
-            part = jax.lax.conv_general_dilated(grad, taps, (1, 1), pads, dimension_numbers=_NHWC)
+            part = correlate(grad, taps, pads)
             phases.append(jnp.flip(part, (1, 2)) if flip_maps else part)
     # [phase_r * stride + phase_c] -> [N, rows, phase_r, cols, phase_c, C] -> [N, H, W, C]
     grid = jnp.stack(phases, 0).reshape(stride, stride, n, rows, cols, channels)
