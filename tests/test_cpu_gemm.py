@@ -64,6 +64,20 @@ def test_values_and_gradients_equal_xla(x_shape, kernel_shape, stride, padding, 
         np.testing.assert_allclose(np.float32(g) / scale, np.float32(w) / scale, atol=tol)
 
 
+def test_bf16_results_are_rounded_to_nearest_even_as_xla_rounds():
+    # A 1x1 convolution with a diagonal kernel: each output is one exact float32 product of
+    # two bf16 values (16 significant bits), which the handler rounds to bf16 itself.
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (2, 5, 7, 16)).astype(jnp.bfloat16).at[0, 0, 0, 0].set(jnp.nan)
+    diagonal = jax.random.normal(kw, (16,)).astype(jnp.bfloat16)
+    kernel = jnp.diag(diagonal)[None, None]
+    got = jax.jit(cpu_gemm.conv2d, static_argnums=(2, 3))(x, kernel, 1, 0)
+    want = (x.astype(jnp.float32) * diagonal.astype(jnp.float32)).astype(jnp.bfloat16)
+    want = want.at[0, 0, 0].set(jnp.nan)  # NaN * 0 is NaN: the pixel's whole row
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.float32(got), np.float32(want))
+
+
 def test_bad_operands_are_errors():
     with pytest.raises(ValueError, match="both bfloat16 or both float32"):
         cpu_gemm.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1), jnp.bfloat16), 1, 1)

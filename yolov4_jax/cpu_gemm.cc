@@ -96,6 +96,15 @@ int64_t ChunkRows(const Geometry& g, size_t element) {
   return std::max<int64_t>(16, kChunkBytes / (g.k() * element));
 }
 
+// A per-thread patch buffer kept between calls: a fresh one of a few MB costs a page fault
+// per 4 KiB on every call.
+template <typename T>
+T* PatchBuffer(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 // out [pixels, O] = patches(x) [pixels, K] w [K, O].
 template <typename T>
 void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters) {
@@ -104,11 +113,11 @@ void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters
     return;
   }
   const int64_t chunk = ChunkRows(g, sizeof(T));
-  std::vector<T> patches(std::min(chunk, g.pixels()) * g.k());
+  T* patches = PatchBuffer<T>(std::min(chunk, g.pixels()) * g.k());
   for (int64_t start = 0; start < g.pixels(); start += chunk) {
     const int64_t count = std::min(chunk, g.pixels() - start);
-    Patches(x, g, start, count, patches.data());
-    Gemm(false, patches.data(), w, out + start * filters, count, filters, g.k(), false);
+    Patches(x, g, start, count, patches);
+    Gemm(false, patches, w, out + start * filters, count, filters, g.k(), false);
   }
 }
 
@@ -120,11 +129,11 @@ void FilterGrad(const T* x, const T* grad, float* out, const Geometry& g, int64_
     return;
   }
   const int64_t chunk = ChunkRows(g, sizeof(T));
-  std::vector<T> patches(std::min(chunk, g.pixels()) * g.k());
+  T* patches = PatchBuffer<T>(std::min(chunk, g.pixels()) * g.k());
   for (int64_t start = 0; start < g.pixels(); start += chunk) {
     const int64_t count = std::min(chunk, g.pixels() - start);
-    Patches(x, g, start, count, patches.data());
-    Gemm(true, patches.data(), grad + start * filters, out, g.k(), filters, count, start > 0);
+    Patches(x, g, start, count, patches);
+    Gemm(true, patches, grad + start * filters, out, g.k(), filters, count, start > 0);
   }
 }
 

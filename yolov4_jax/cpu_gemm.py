@@ -3,11 +3,12 @@
 XLA:CPU computes bfloat16 convolutions and dots in float32 (it converts the operands before
 any kernel sees them), so a bfloat16 model gains nothing there. oneMKL's
 ``cblas_gemm_bf16bf16f32`` multiplies bfloat16 matrices with float32 accumulation on the
-CPU's bf16 units (AMX tiles on Sapphire Rapids and later, AVX-512 BF16 elsewhere);
-`conv2d` writes a convolution as image patches (XLA) times the reshaped kernel (oneMKL), and
-`conv.conv2d` takes it for ``model.conv_algorithm="mkl"``. Float32 operands go to
-``cblas_sgemm``. Gradients are XLA's (matrix products in the operands' dtype), so the
-algorithm also trains.
+CPU's bf16 units (AMX tiles on Sapphire Rapids and later, AVX-512 BF16 elsewhere).
+`conv2d` computes a convolution as its image patches times the kernel reshaped to
+[kh * kw * C, O], both in one custom call (``cpu_gemm.cc`` builds the patches a few MB at a
+time), and `conv.conv2d` takes it for ``model.conv_algorithm="mkl"``. Its backward pass goes
+through oneMKL as well (`filter_gradient`, and `conv.input_gradient`'s phases through the
+forward handler), so the algorithm trains. Float32 operands go to ``cblas_sgemm``.
 
 Nothing here runs unless asked for. `register` builds ``cpu_gemm.cc`` with the C++ compiler
 (``CXX``, else ``c++``) against jaxlib's FFI headers into ``$XDG_CACHE_HOME/yolov4_jax``

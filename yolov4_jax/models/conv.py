@@ -51,7 +51,7 @@ def conv2d(
     Winograd's layers have their own backward pass whatever ``gradients`` says. "mkl" (CPU
     only, Intel oneMKL needed) runs every ungrouped convolution as image patches times the
     kernel through oneMKL (`yolov4_jax.cpu_gemm`): in bfloat16 on the CPU's bf16 units,
-    which XLA:CPU does not use; its backward pass is XLA's.
+    which XLA:CPU does not use, in both passes.
 
     ``gradients`` picks how its backward pass is expressed (the values are equal either way):
     "xla" is autodiff of `jax.lax.conv_general_dilated`; "canonical" is `canonical_conv2d`,
