@@ -18,6 +18,7 @@ import pytest
 from tests.test_models import _config
 from yolov4_jax import cpu_gemm, inference
 from yolov4_jax.models import conv, factory
+from yolov4_jax.models.conv import _NHWC
 
 pytestmark = pytest.mark.skipif(
     not cpu_gemm.available(), reason="oneMKL or a C++ compiler is missing (pip install mkl)"
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _xla(x, kernel, stride, padding):
-    return cpu_gemm._xla_conv2d(x, kernel, stride, padding)
+    pad = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,9 @@ def _xla(x, kernel, stride, padding):
         ((1, 8, 8, 2), (5, 5, 2, 3), 1, 2),
         ((3, 6, 6, 4), (1, 1, 4, 2), 2, 0),  # strided 1x1 (patches of one tap)
         ((1, 4, 4, 2), (3, 3, 2, 2), 1, 0),  # valid convolution
+        # Kernels larger than the maps: the input gradient flips the maps instead (13 x 13).
+        ((1, 3, 3, 8), (3, 3, 8, 16), 1, 1),
+        ((1, 5, 5, 8), (3, 3, 8, 16), 2, 1),
     ],
 )
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -160,7 +165,8 @@ def test_sharded_batch_gives_the_same_values(tmp_path):
         "k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))\n"
         "xs = jax.device_put(x, NamedSharding(mesh, P('data')))\n"
         "y = jax.jit(lambda a, b: cpu_gemm.conv2d(a, b, 2, 1))(xs, k)\n"
-        "ref = cpu_gemm._xla_conv2d(x, k, 2, 1)\n"
+        "ref = jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),"
+        " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
         "assert float(jnp.abs(y - ref).max()) <= 1e-5 * float(jnp.abs(ref).max())\n"
         "print('ok', len(jax.devices()))\n"
     )

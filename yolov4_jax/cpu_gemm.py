@@ -127,9 +127,6 @@ def available() -> bool:
     return True
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
 def _call(op, x, other, out_shape, kernel_hw, stride, pads):
     """One handler call; ``pads`` ((top, bottom), (left, right)), negative crops."""
     register()
@@ -142,7 +139,7 @@ def _call(op, x, other, out_shape, kernel_hw, stride, pads):
 
 
 def _conv(x, kernel, stride, pads):
-    """NHWC x HWIO correlation with per-side padding, float32 out (no gradient)."""
+    """NHWC x HWIO correlation with per-side padding, float32 products (no gradient)."""
     kh, kw, channels, filters = kernel.shape
     rows = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
     cols = (x.shape[2] + sum(pads[1]) - kw) // stride + 1
@@ -181,11 +178,6 @@ def filter_gradient(x, grad, kernel_hw, stride, padding) -> jax.Array:
     out = (kernel_hw[0] * kernel_hw[1] * x.shape[3], grad.shape[3])
     flat = _call("filter_grad", x, grad.astype(x.dtype), out, kernel_hw, stride, pads)
     return flat.reshape(*kernel_hw, x.shape[3], grad.shape[3])
-
-
-def _xla_conv2d(x, kernel, stride, padding):
-    pad = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
