@@ -105,11 +105,13 @@ T* PatchBuffer(int64_t n) {
   return buffer.data();
 }
 
-// out [pixels, O] = patches(x) [pixels, K] w [K, O].
-template <typename T>
-void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters) {
-  if (g.plain()) {  // the input is the patch matrix
-    Gemm(false, x, w, out, g.pixels(), filters, g.k(), false);
+// Calls visit(rows, first pixel, count) over the patch matrix [pixels, K], a few MB of rows
+// at a time; a plain (1x1, stride 1, unpadded) layer's input is its patch matrix, visited
+// whole.
+template <typename T, typename Visit>
+void ForEachChunk(const T* x, const Geometry& g, Visit visit) {
+  if (g.plain()) {
+    visit(x, 0, g.pixels());
     return;
   }
   const int64_t chunk = ChunkRows(g, sizeof(T));
@@ -117,24 +119,25 @@ void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters
   for (int64_t start = 0; start < g.pixels(); start += chunk) {
     const int64_t count = std::min(chunk, g.pixels() - start);
     Patches(x, g, start, count, patches);
-    Gemm(false, patches, w, out + start * filters, count, filters, g.k(), false);
+    visit(patches, start, count);
   }
 }
 
-// out [K, O] = patches(x)^T [K, pixels] grad [pixels, O]: the filter gradient.
+// out [pixels, O] = patches(x) [pixels, K] w [K, O].
+template <typename T>
+void Conv(const T* x, const T* w, float* out, const Geometry& g, int64_t filters) {
+  ForEachChunk(x, g, [&](const T* rows, int64_t start, int64_t count) {
+    Gemm(false, rows, w, out + start * filters, count, filters, g.k(), false);
+  });
+}
+
+// out [K, O] = patches(x)^T [K, pixels] grad [pixels, O]: the filter gradient, summed over
+// the chunks.
 template <typename T>
 void FilterGrad(const T* x, const T* grad, float* out, const Geometry& g, int64_t filters) {
-  if (g.plain()) {
-    Gemm(true, x, grad, out, g.k(), filters, g.pixels(), false);
-    return;
-  }
-  const int64_t chunk = ChunkRows(g, sizeof(T));
-  T* patches = PatchBuffer<T>(std::min(chunk, g.pixels()) * g.k());
-  for (int64_t start = 0; start < g.pixels(); start += chunk) {
-    const int64_t count = std::min(chunk, g.pixels() - start);
-    Patches(x, g, start, count, patches);
-    Gemm(true, patches, grad + start * filters, out, g.k(), filters, count, start > 0);
-  }
+  ForEachChunk(x, g, [&](const T* rows, int64_t start, int64_t count) {
+    Gemm(true, rows, grad + start * filters, out, g.k(), filters, count, start > 0);
+  });
 }
 
 template <ffi::DataType D>
