@@ -365,10 +365,10 @@ def benchmark_setting(args, name, models, predicts, variables, images, peer, fol
             # Trained weights: small BN variances make OpenCV's epsilon show (module docstring).
             lines.append(f"(Above --tolerance {args.tolerance}; not enforced with --weights.)")
             _log(lines[-1])
-    d32 = jax.device_get(predicts["float32"](variables["float32"], images))
-    for d in args.dtypes:
-        if _dtype_entry(d)[0] != "bfloat16":
-            continue
+    bf16 = [d for d in args.dtypes if _dtype_entry(d)[0] == "bfloat16"]
+    if bf16:
+        d32 = jax.device_get(predicts["float32"](variables["float32"], images))
+    for d in bf16:
         d16 = jax.device_get(predicts[d](variables[d], images))
         b = bf16_accuracy(models["float32"], raw["float32"], raw[d], d32, d16, size)
         lines.append(_bf16_line(f"{setting} ({_engine(d)})", b))
@@ -417,8 +417,7 @@ def _engine(entry: str) -> str:
 
 def _variant(model: Network, entry: str) -> Network:
     """`model` with the compute dtype and conv algorithm of a `--dtypes` entry."""
-    dtype, algorithm = _dtype_entry(entry)
-    return model.clone(dtype=jnp.dtype(dtype), conv_algorithm=algorithm)
+    return inference.with_compute(model, *_dtype_entry(entry))
 
 
 def run(args) -> str:

@@ -140,6 +140,13 @@ void FilterGrad(const T* x, const T* grad, float* out, const Geometry& g, int64_
   });
 }
 
+// A [kh * kw * C, O] matrix: the kernel, or the filter gradient.
+ffi::Error CheckMatrix(ffi::Span<const int64_t> dims, const Geometry& g, int64_t filters,
+                       const char* what) {
+  if (dims.size() == 2 && dims[0] == g.k() && dims[1] == filters) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(what) + " is not [kh * kw * C, O]");
+}
+
 template <ffi::DataType D>
 using In = ffi::Buffer<D>;
 using Out = ffi::ResultBuffer<ffi::F32>;
@@ -152,9 +159,7 @@ ffi::Error ConvImpl(In<D> x, In<D> w, Out out, int64_t kh, int64_t kw, int64_t s
   if (auto e = MakeGeometry(x.dimensions(), kh, kw, stride, top, bottom, left, right, dims, &g);
       e.failure())
     return e;
-  auto w_dims = w.dimensions();
-  if (w_dims.size() != 2 || w_dims[0] != g.k() || w_dims[1] != dims[3])
-    return ffi::Error::InvalidArgument("the kernel is not [kh * kw * C, O]");
+  if (auto e = CheckMatrix(w.dimensions(), g, dims[3], "the kernel"); e.failure()) return e;
   Conv(x.typed_data(), w.typed_data(), out->typed_data(), g, dims[3]);
   return ffi::Error::Success();
 }
@@ -168,9 +173,7 @@ ffi::Error FilterGradImpl(In<D> x, In<D> grad, Out out, int64_t kh, int64_t kw, 
   if (auto e = MakeGeometry(x.dimensions(), kh, kw, stride, top, bottom, left, right, dims, &g);
       e.failure())
     return e;
-  auto out_dims = out->dimensions();
-  if (out_dims.size() != 2 || out_dims[0] != g.k() || out_dims[1] != dims[3])
-    return ffi::Error::InvalidArgument("the result is not [kh * kw * C, O]");
+  if (auto e = CheckMatrix(out->dimensions(), g, dims[3], "the result"); e.failure()) return e;
   FilterGrad(x.typed_data(), grad.typed_data(), out->typed_data(), g, dims[3]);
   return ffi::Error::Success();
 }

@@ -193,7 +193,7 @@ def _conv2d_bwd(stride, padding, residuals, grad):
     kernel = conv.after(kernel, grad)  # its flips and transposes when the gradient exists
 
     def correlate(g, taps, pads):
-        return _conv(g, taps.astype(g.dtype), 1, pads)
+        return _conv(g, taps, 1, pads)
 
     grad_x = conv.input_gradient(grad, kernel, stride, padding, x.shape[1:3], correlate=correlate)
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import cv2
-import jax.numpy as jnp
 import numpy as np
 
 from yolov4_jax import darknet
@@ -44,6 +43,7 @@ from yolov4_jax.inference import (
     make_predict_fn,
     nms_options_for,
     prepare_variables,
+    with_compute,
 )
 from yolov4_jax.models import Network, output_shapes
 from yolov4_jax.models.conv import CONV_ALGORITHMS
@@ -317,10 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:  # checked before the (slow) model load
             raise DetectError("\n".join(f"{p}: image not found" for p in missing))
         model, variables, size, trained_names = load_model(args)
-        if args.dtype:
-            model = model.clone(dtype=jnp.dtype(args.dtype))
-        if args.conv_algorithm:
-            model = model.clone(conv_algorithm=args.conv_algorithm)
+        model = with_compute(model, args.dtype, args.conv_algorithm)
         size = args.size or size
         if size is None:
             raise DetectError(f"{args.cfg}: no [net] width and height; pass --size")

@@ -132,10 +132,7 @@ def run(
         model, variables = load_model(
             config, cfg=cfg, weights=weights, num_classes=info.num_classes
         )
-    if dtype:
-        model = model.clone(dtype=jnp.dtype(dtype))
-    if conv_algorithm:
-        model = model.clone(conv_algorithm=conv_algorithm)
+    model = inference.with_compute(model, dtype, conv_algorithm)
     if not model.heads:
         raise ValueError("the model has no [yolo] layers, so it is not a detector")
     if model.heads[0].classes != info.num_classes:

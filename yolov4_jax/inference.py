@@ -69,6 +69,16 @@ def decode_heads(
     return jnp.concatenate(all_boxes, axis=1), jnp.concatenate(all_scores, axis=1)
 
 
+def with_compute(model: Network, dtype: str | None = None, conv_algorithm: str | None = None):
+    """``model`` with its compute dtype ("float32", "bfloat16") and `model.conv_algorithm`
+    replaced where given (the command lines' ``--dtype`` and ``--conv-algorithm``)."""
+    if dtype:
+        model = model.clone(dtype=jnp.dtype(dtype))
+    if conv_algorithm:
+        model = model.clone(conv_algorithm=conv_algorithm)
+    return model
+
+
 def prepare_variables(model: Network, variables):
     """``variables`` made ready for inference with ``model``, computed once instead of on
     every call:
