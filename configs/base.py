@@ -61,7 +61,12 @@ def _loss() -> ml_collections.ConfigDict:
     loss.label_smoothing = placeholder(float)  # class label smoothing eps (paper BoF; cfg: 0)
     loss.objectness_smooth = placeholder(bool)  # IoU as objectness target (yolov4.cfg: off)
     loss.max_delta = placeholder(float)  # per-image box-gradient clip (yolov4.cfg: 5)
-    loss.box_gradient = "darknet"  # darknet (box deltas as delta_yolo_box) | autodiff (chain rule)
+    # darknet (delta_yolo_box's deltas: dx_box_iou, collisions summed then averaged, max_delta
+    # per truth) | autodiff (the exact gradient of the written box loss; docs/recipe/loss.md)
+    loss.box_gradient = "darknet"
+    # darknet (new_coords heads: delta y - p on the probabilities; objectness_smooth keeps a
+    # positive's earlier delta; cls_normalizer unused, as without counters_per_class) | bce
+    loss.obj_cls_gradient = "darknet"
     loss.ignore_class_thresh = 0.25  # ignore rule needs a class prob above this (darknet)
     return loss
 

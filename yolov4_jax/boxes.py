@@ -160,3 +160,104 @@ def _safe_div(num: Array, den: Array) -> Array:
 def _as_float(x: Array) -> Array:
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+def darknet_iou_delta(pred: Array, truth: Array, kind: str) -> Array:
+    """darknet's hand-written IoU-family "gradient" of ``[..., 4]`` xywh boxes (box.c::dx_box_iou).
+
+    Returns ``[..., 4]``: darknet's ``(dx, dy, dw, dh)``, the direction that *raises* the
+    IoU of ``kind`` (iou | giou | diou | ciou), exactly as box.c computes it, quirks
+    included (each is the C code's behaviour, kept on purpose because darknet trains with it):
+
+    * dw, dh are the sums ``dr - dl`` and ``db - dt`` of the edge derivatives, not halved
+      ("For dw and dh, we do not divided by 2").
+    * The intersection ``Iw * Ih`` is not clipped at zero, so two boxes apart on both axes
+      have a positive "intersection" in the IoU part.
+    * DIoU/CIoU: the distance term on x, y is ``(2 (x_t - x_p) C - 2 Cw dCw/dx S) / C^2``
+      (box.c's enclosing-box term has the opposite sign on x, y from the true derivative of
+      ``-rho^2/c^2``); with no overlap (``Iw <= 0 or Ih <= 0``) the distance term replaces
+      the IoU part instead of adding to it (GIoU likewise with its area term).
+    * CIoU's aspect term is ``alpha * 8/pi^2 (atan(w_t/h_t) - atan(w_p/h_p)) * (h_p, -w_p)``,
+      without the true derivative's ``1 / (w_p^2 + h_p^2)``.
+
+    Not differentiable (used as a value under ``stop_gradient``): divisions follow the C
+    code, so a zero denominator gives inf or NaN, which the caller zeroes as darknet's
+    fix_nan_inf does. ``pred``'s zero widths and heights must already be replaced by 1
+    (delta_yolo_box does that before calling dx_box_iou).
+    """
+    px, py, pw, ph = (pred[..., k] for k in range(4))
+    tx, ty, tw, th = (truth[..., k] for k in range(4))
+    # to_tblr, then min/max so an inverted box still has t <= b, l <= r.
+    pt0, pb0, pl0, pr0 = py - ph / 2, py + ph / 2, px - pw / 2, px + pw / 2
+    pt, pb = jnp.minimum(pt0, pb0), jnp.maximum(pt0, pb0)
+    pl, pr = jnp.minimum(pl0, pr0), jnp.maximum(pl0, pr0)
+    tt, tb, tl, tr = ty - th / 2, ty + th / 2, tx - tw / 2, tx + tw / 2
+
+    area = (pb - pt) * (pr - pl)
+    area_t = (tb - tt) * (tr - tl)
+    ih = jnp.minimum(pb, tb) - jnp.maximum(pt, tt)
+    iw = jnp.minimum(pr, tr) - jnp.maximum(pl, tl)
+    inter = iw * ih  # not clipped at 0 (box.c)
+    union = area + area_t - inter
+    dist2 = (px - tx) ** 2 + (py - ty) ** 2
+    cw_g = jnp.maximum(pr, tr) - jnp.minimum(pl, tl)
+    ch_g = jnp.maximum(pb, tb) - jnp.minimum(pt, tt)
+    area_c = cw_g * ch_g
+
+    d_area = {"t": -(pr - pl), "b": pr - pl, "l": -(pb - pt), "r": pb - pt}
+    d_inter = {
+        "t": jnp.where(pt > tt, -iw, 0.0),
+        "b": jnp.where(pb < tb, iw, 0.0),
+        "l": jnp.where(pl > tl, -ih, 0.0),
+        "r": jnp.where(pr < tr, ih, 0.0),
+    }
+    d_union = {k: d_area[k] - d_inter[k] for k in d_area}
+    d_enclose = {
+        "t": jnp.where(pt < tt, -cw_g, 0.0),
+        "b": jnp.where(pb > tb, cw_g, 0.0),
+        "l": jnp.where(pl < tl, -ch_g, 0.0),
+        "r": jnp.where(pr > tr, ch_g, 0.0),
+    }
+    grad = {
+        k: jnp.where(union > 0, (union * d_inter[k] - inter * d_union[k]) / (union * union), 0.0)
+        for k in d_area
+    }
+    # "apply grad from prediction min/max for correct corner selection": box.c assigns
+    # p_dt first and p_db from the new p_dt, so an inverted box gets p_db on both sides.
+    grad["t"] = jnp.where(pt0 < pb0, grad["t"], grad["b"])
+    grad["l"] = jnp.where(pl0 < pr0, grad["l"], grad["r"])
+    apart = (iw <= 0) | (ih <= 0)
+    if kind == "giou":
+        for k in grad:
+            term = (area_c * d_union[k] - union * d_enclose[k]) / (area_c * area_c)
+            grad[k] = jnp.where(apart, term, jnp.where(area_c > 0, grad[k] + term, grad[k]))
+
+    dx, dy = grad["l"] + grad["r"], grad["t"] + grad["b"]
+    dw, dh = grad["r"] - grad["l"], grad["b"] - grad["t"]
+    if kind in ("diou", "ciou"):
+        # The enclosing box of the xywh boxes and its derivatives (box.c's dC*_d*).
+        cw = jnp.maximum(px + pw / 2, tx + tw / 2) - jnp.minimum(px - pw / 2, tx - tw / 2)
+        ch = jnp.maximum(py + ph / 2, ty + th / 2) - jnp.minimum(py - ph / 2, ty - th / 2)
+        c2 = cw * cw + ch * ch
+        left, right = (pl < tl).astype(pred.dtype), (pr > tr).astype(pred.dtype)
+        top, bottom = (pt < tt).astype(pred.dtype), (pb > tb).astype(pred.dtype)
+        dcw_dx, dcw_dw = right - left, 0.5 * right + 0.5 * left
+        dch_dy, dch_dh = bottom - top, 0.5 * bottom + 0.5 * top
+        c4 = c2 * c2
+        term_x = (2 * (tx - px) * c2 - 2 * cw * dcw_dx * dist2) / c4
+        term_y = (2 * (ty - py) * c2 - 2 * ch * dch_dy * dist2) / c4
+        term_w = 2 * cw * dcw_dw * dist2 / c4
+        term_h = 2 * ch * dch_dh * dist2 / c4
+        if kind == "ciou":
+            iou_value = inter / union
+            angle = jnp.arctan(tw / th) - jnp.arctan(pw / ph)
+            v = 4 / math.pi**2 * angle * angle
+            alpha = v / (1 - iou_value + v + 0.000001)
+            term_w = term_w + alpha * (8 / math.pi**2) * angle * ph
+            term_h = term_h + alpha * (-8 / math.pi**2) * angle * pw
+        some = c2 > 0
+        dx = jnp.where(apart, term_x, jnp.where(some, dx + term_x, dx))
+        dy = jnp.where(apart, term_y, jnp.where(some, dy + term_y, dy))
+        dw = jnp.where(apart, term_w, jnp.where(some, dw + term_w, dw))
+        dh = jnp.where(apart, term_h, jnp.where(some, dh + term_h, dh))
+    return jnp.stack([dx, dy, dw, dh], axis=-1)

@@ -65,6 +65,7 @@ Array = jax.Array
 
 BOX_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 BOX_GRADIENTS = ("darknet", "autodiff")
+OBJ_CLS_GRADIENTS = ("darknet", "bce")
 _IOU_FUNCTIONS = {
     "iou": box_ops.iou,
     "giou": box_ops.giou,
@@ -95,11 +96,16 @@ class LossOptions:
     objectness_smooth: bool | None = None
     max_delta: float | None = None
     ignore_class_thresh: float = 0.25  # compare_yolo_class's conf_thresh for the ignore rule
-    box_gradient: str = "darknet"  # darknet | autodiff: how IoU-loss gradients reach tx..th
+    box_gradient: str = "darknet"  # darknet | autodiff: the box term's gradient at tx..th
+    obj_cls_gradient: str = "darknet"  # darknet | bce: objectness and class deltas
 
     def __post_init__(self):
         if self.box_gradient not in BOX_GRADIENTS:
             raise ValueError(f"box_gradient {self.box_gradient!r} is not one of {BOX_GRADIENTS}")
+        if self.obj_cls_gradient not in OBJ_CLS_GRADIENTS:
+            raise ValueError(
+                f"obj_cls_gradient {self.obj_cls_gradient!r} is not one of {OBJ_CLS_GRADIENTS}"
+            )
         if self.box_loss is not None and self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss {self.box_loss!r} is not one of {BOX_LOSSES}")
 
@@ -182,17 +188,10 @@ def yolo_loss(
     )
 
     sums = {k: jnp.zeros((), jnp.float32) for k in ("box", "obj", "cls")}
-    counts = {k: jnp.zeros((), jnp.float32) for k in ("pos", "ignored", "collisions", "iou")}
+    counts = {k: jnp.zeros((), jnp.float32) for k in ("pos", "pairs", "ignored", "collisions", "iou")}
     for raw, head, target in zip(outputs, heads, head_targets, strict=True):
         terms = _head_loss(
-            jnp.asarray(raw, jnp.float32),
-            head,
-            target,
-            gt_boxes,
-            gt_valid,
-            image_hw,
-            options.ignore_class_thresh,
-            options.box_gradient,
+            jnp.asarray(raw, jnp.float32), head, target, gt_boxes, gt_valid, image_hw, options
         )
         for k in sums:
             sums[k] = sums[k] + terms[k]
@@ -206,7 +205,7 @@ def yolo_loss(
     metrics["num_positives"] = counts["pos"]
     metrics["num_ignored"] = counts["ignored"]
     metrics["num_collisions"] = counts["collisions"]
-    metrics["mean_iou"] = counts["iou"] / jnp.maximum(counts["pos"], 1.0)
+    metrics["mean_iou"] = counts["iou"] / jnp.maximum(counts["pairs"], 1.0)
     return total, metrics
 
 
@@ -217,124 +216,222 @@ def _head_loss(
     gt_boxes: Array,
     gt_valid: Array,
     image_hw: tuple[int, int],
-    ignore_class_thresh: float,
-    box_gradient: str = "darknet",
+    options: LossOptions,
 ) -> dict[str, Array]:
     """Batch sums of one head's loss terms and counts (see the module docstring)."""
     batch, grid_h, grid_w, _ = raw.shape
     num_anchors, num_classes = len(head.mask), head.classes
     net_wh = np.asarray([image_hw[1], image_hw[0]], np.float32)
     anchors_px = np.asarray(head.head_anchors, np.float32)  # [A, 2]
-    decode = functools.partial(
-        decode_yolo,
-        anchors=anchors_px / net_wh,
-        num_classes=num_classes,
-        scale_x_y=head.scale_x_y,
-        new_coords=head.new_coords,
-    )
     grid = (batch, grid_h, grid_w, num_anchors)
     out = raw.reshape(*grid, 5 + num_classes)
     positive = target.object_mask  # [B, H, W, A]
     pos_f = positive.astype(jnp.float32)
+    darknet_scores = options.obj_cls_gradient == "darknet"
 
-    # Box term. darknet clips the IoU-loss deltas to max_delta (per image, hence / batch).
-    box_raw = raw
-    if head.iou_loss != "mse" and math.isfinite(head.max_delta):
-        box_raw = _clip_gradient(raw, head.max_delta / batch)
-    pred_boxes, _, cls_prob = decode(box_raw)
-    pred_boxes = pred_boxes.reshape(*grid, 4)  # [B, H, W, A, 4] xyxy
-    if box_gradient == "darknet" and head.iou_loss != "mse":
-        t = box_raw.reshape(*grid, 5 + num_classes)[..., :4]
-        pred_boxes = _darknet_box_gradient(pred_boxes, t, bool(head.new_coords))
-    safe_target = jnp.where(positive[..., None], target.box, jnp.asarray([0.0, 0.0, 1.0, 1.0]))
-    if head.iou_loss == "mse":
-        box_loss = _mse_box_loss(out, safe_target, head, anchors_px, net_wh)
+    # forward_yolo_layer's activations: the logistic on x, y, objectness and classes (the
+    # conv already applied it for new_coords heads).
+    if head.new_coords:
+        obj_p, cls_p = out[..., 4], out[..., 5:]
     else:
-        box_loss = head.iou_normalizer * (
-            1.0 - _IOU_FUNCTIONS[head.iou_loss](pred_boxes, safe_target)
-        )
-    box_sum = jnp.sum(jnp.where(positive, box_loss, 0.0))
-    pos_iou = jax.lax.stop_gradient(box_ops.iou(pred_boxes, safe_target))  # [B, H, W, A]
+        obj_p, cls_p = jax.nn.sigmoid(out[..., 4]), jax.nn.sigmoid(out[..., 5:])
 
-    # Ignore rule: best IoU of each (detached) prediction with any valid truth of its image.
-    flat_pred = jax.lax.stop_gradient(pred_boxes).reshape(batch, -1, 1, 4)  # [B, P, 1, 4]
-    ious = box_ops.iou(flat_pred, gt_boxes[:, None, :, :])  # [B, P, M]
+    # Ignore rule: best IoU of each (detached) prediction with any valid truth of its image,
+    # counted only if some class probability exceeds .25 (compare_yolo_class).
+    pred_boxes, _, _ = decode_yolo(
+        jax.lax.stop_gradient(raw),
+        anchors=anchors_px / net_wh,
+        num_classes=num_classes,
+        scale_x_y=head.scale_x_y,
+        new_coords=head.new_coords,
+    )  # [B, P, 4] xyxy
+    ious = box_ops.iou(pred_boxes[:, :, None, :], gt_boxes[:, None, :, :])  # [B, P, M]
     best_iou = jnp.max(jnp.where(gt_valid[:, None, :], ious, 0.0), axis=-1, initial=0.0)
     best_iou = best_iou.reshape(grid)
-    class_ok = jnp.any(
-        jax.lax.stop_gradient(cls_prob).reshape(*grid, num_classes) > ignore_class_thresh,
-        axis=-1,
-    )
-    above = (best_iou > head.ignore_thresh) & class_ok & ~positive
+    class_ok = jnp.any(jax.lax.stop_gradient(cls_p) > options.ignore_class_thresh, axis=-1)
+    above = (best_iou > head.ignore_thresh) & class_ok
+
+    # Objectness targets and weights, as process_batch writes l.delta[obj_index].
+    p_obj = jax.lax.stop_gradient(obj_p)
     if head.objectness_smooth:
-        # yolo_layer.c: above ignore_thresh the objectness target becomes the IoU.
-        obj_target = jnp.where(positive, 1.0, jnp.where(above, best_iou, 0.0))
+        # Above ignore_thresh the target becomes the IoU instead of being ignored.
+        before = jnp.where(above, best_iou, 0.0)
+        if darknet_scores:
+            # process_batch keeps a positive's earlier delta unless it is exactly 0
+            # ("if (l.delta[obj_index] == 0)"), so a positive keeps the target it had as a
+            # negative (the IoU above ignore_thresh, else 0). Reproduced on purpose.
+            obj_target = jnp.where(positive & (before == p_obj), 1.0, before)
+        else:
+            obj_target = jnp.where(positive, 1.0, before)
         obj_weight = jnp.ones(grid, jnp.float32)
         ignored = jnp.zeros(grid, bool)
     else:
+        ignored = above & ~positive
         obj_target = pos_f
-        obj_weight = jnp.where(above, 0.0, 1.0)
-        ignored = above
-    obj_bce = _bce(out[..., 4], obj_target, from_logits=not head.new_coords)
-    obj_sum = head.obj_normalizer * jnp.sum(obj_weight * obj_bce)
+        obj_weight = jnp.where(ignored, 0.0, 1.0)
+    obj_terms = _score_loss(out[..., 4], obj_target, head.new_coords, darknet_scores)
+    obj_sum = head.obj_normalizer * jnp.sum(obj_weight * obj_terms)
+    obj_delta = head.obj_normalizer * obj_weight * (obj_target - p_obj)  # darknet's l.delta
 
-    # Class term at positives, darknet's label smoothing (delta_yolo_class).
+    # Class term at positives, darknet's label smoothing (delta_yolo_class). darknet applies
+    # cls_normalizer only with counters_per_class (delta_yolo_class), which no cfg here uses.
     eps = head.label_smooth_eps
     cls_target = target.classes * (1.0 - eps) + 0.5 * eps
-    cls_bce = _bce(out[..., 5:], cls_target, from_logits=not head.new_coords)
-    cls_sum = head.cls_normalizer * jnp.sum(pos_f[..., None] * cls_bce)
+    cls_terms = _score_loss(out[..., 5:], cls_target, head.new_coords, darknet_scores)
+    cls_weight = 1.0 if darknet_scores else head.cls_normalizer
+    cls_sum = cls_weight * jnp.sum(pos_f[..., None] * cls_terms)
+
+    # Box term: one delta_yolo_box call per (truth, anchor) pair; collisions add up.
+    flat = out.reshape(batch, grid_h * grid_w, num_anchors, 5 + num_classes)
+    rows = jnp.arange(batch)[:, None]
+    pair_t = flat[rows, target.truth_cell][..., :4]  # [B, M, A, 4] raw tx, ty, tw, th
+    pair_on = target.truth_positive  # [B, M, A]
+    truth = box_ops.xyxy_to_xywh(gt_boxes)[:, :, None, :]  # [B, M, 1, 4]
+    cell = jnp.stack([target.truth_cell % grid_w, target.truth_cell // grid_w], -1)
+    cell = cell.astype(jnp.float32)[:, :, None, :]  # [B, M, 1, 2] (col, row)
+    geometry = _PairGeometry(head, anchors_px, net_wh, (grid_w, grid_h), cell, truth)
+    if options.box_gradient == "darknet":
+        delta = geometry.darknet_delta(jax.lax.stop_gradient(pair_t))
+        delta = jnp.where(pair_on[..., None], delta, 0.0)
+        slot_delta = (
+            jnp.zeros((batch, grid_h * grid_w, num_anchors, 4), jnp.float32)
+            .at[rows, target.truth_cell]
+            .add(delta)
+            .reshape(*grid, 4)
+        )
+        if head.iou_thresh < 1.0:
+            # averages_yolo_deltas: where the objectness delta is non-zero, the box delta is
+            # divided by the number of classes whose delta is positive. Two truths of one
+            # class on a slot are therefore summed, of two classes averaged (darknet's rule).
+            cls_delta = pos_f[..., None] * (cls_target - jax.lax.stop_gradient(cls_p))
+            n_cls = jnp.sum((cls_delta > 0).astype(jnp.float32), axis=-1)
+            divide = (obj_delta != 0) & (n_cls > 0)
+            slot_delta = slot_delta / jnp.where(divide, n_cls, 1.0)[..., None]
+        values = geometry.loss(jax.lax.stop_gradient(pair_t))
+        box_t = out[..., :4]
+        # The loss value stays the written loss; its gradient at tx..th is -delta.
+        box_sum = jnp.sum(jnp.where(pair_on, values, 0.0)) + jnp.sum(
+            jax.lax.stop_gradient(-slot_delta) * (box_t - jax.lax.stop_gradient(box_t))
+        )
+    else:
+        if head.iou_loss != "mse" and math.isfinite(head.max_delta):
+            # darknet clips each call's delta to max_delta: per pair, per image (hence / B).
+            pair_t = _clip_gradient(pair_t, head.max_delta / batch)
+        box_sum = jnp.sum(jnp.where(pair_on, geometry.loss(pair_t), 0.0))
+    pair_iou = box_ops.iou(
+        box_ops.xywh_to_xyxy(geometry.pred_xywh(jax.lax.stop_gradient(pair_t))),
+        box_ops.xywh_to_xyxy(truth),
+    )
 
     return {
         "box": box_sum,
         "obj": obj_sum,
         "cls": cls_sum,
         "pos": jnp.sum(pos_f),
+        "pairs": jnp.sum(pair_on.astype(jnp.float32)),
         "ignored": jnp.sum(ignored.astype(jnp.float32)),
         "collisions": jnp.sum(jnp.maximum(target.num_assigned - 1, 0)).astype(jnp.float32),
-        "iou": jnp.sum(jnp.where(positive, pos_iou, 0.0)),
+        "iou": jnp.sum(jnp.where(pair_on, pair_iou, 0.0)),
     }
 
 
-def _mse_box_loss(
-    out: Array, target_box: Array, head: specs.Yolo, anchors_px: np.ndarray, net_wh: np.ndarray
-) -> Array:
-    """darknet's MSE box loss in t-space, ``[B, H, W, A]`` (delta_yolo_box, iou_loss=mse)."""
-    _, grid_h, grid_w, _, _ = out.shape
-    grid_wh = jnp.asarray([grid_w, grid_h], jnp.float32)
-    cell = jnp.stack(
-        jnp.meshgrid(jnp.arange(grid_w), jnp.arange(grid_h), indexing="xy"), axis=-1
-    ).astype(jnp.float32)[None, :, :, None, :]  # [1, H, W, 1, 2] (col, row)
-    xywh = box_ops.xyxy_to_xywh(target_box)  # [B, H, W, A, 4]
-    txy = xywh[..., :2] * grid_wh - cell  # truth.x * lw - i
-    wh = jnp.maximum(xywh[..., 2:], 1e-9)  # no log(0) even where masked out
-    ratio = wh * net_wh / anchors_px  # truth.w * net_w / anchor_w
-    twh = jnp.sqrt(ratio / 4.0) if head.new_coords else jnp.log(ratio)
+class _PairGeometry:
+    """The box of each (truth, anchor) pair's prediction, its loss and darknet's delta.
 
-    pred_xy = out[..., :2] if head.new_coords else jax.nn.sigmoid(out[..., :2])
-    # forward_yolo_layer's scal_add: the prediction compared with tx is after scale_x_y.
-    pred_xy = head.scale_x_y * pred_xy - 0.5 * (head.scale_x_y - 1.0)
-    pred_wh = out[..., 2:4]
-    weight = head.iou_normalizer * (2.0 - wh[..., 0] * wh[..., 1])  # darknet's (2 - w*h)
-    sq = jnp.sum(jnp.square(pred_xy - txy), -1) + jnp.sum(jnp.square(pred_wh - twh), -1)
-    return 0.5 * weight * sq
-
-
-def _darknet_box_gradient(boxes: Array, t: Array, new_coords: bool) -> Array:
-    """``boxes`` (xyxy) unchanged in value, with darknet's box-delta gradient to ``t``.
-
-    delta_yolo_box applies dL/d(x, y, w, h) of the normalised box straight to (tx, ty, tw,
-    th), with only w, h multiplied by exp(tw), exp(th): no sigmoid, scale_x_y, 1/grid or
-    anchor factor. Built as a straight-through estimator, so the forward value is exact.
-    With ``new_coords`` no exp factor is applied (w = 4 t^2 anchor has no exp).
+    Built per head from static values: ``anchors_px [A, 2]``, ``net_wh`` and ``grid_wh``
+    (``(W, H)``), and the pairs' ``cell [B, M, 1, 2]`` (col, row) and ``truth [B, M, 1, 4]``
+    xywh. Functions take the pairs' raw ``t [B, M, A, 4]``.
     """
-    xywh = jax.lax.stop_gradient(box_ops.xyxy_to_xywh(boxes))
-    zero = t - jax.lax.stop_gradient(t)  # value 0, gradient 1 with respect to t
-    if new_coords:
-        scale = jnp.ones_like(t[..., 2:])
-    else:
-        scale = jnp.exp(jnp.minimum(jax.lax.stop_gradient(t[..., 2:]), MAX_LOG_SCALE))
-    xywh = xywh + jnp.concatenate([zero[..., :2], scale * zero[..., 2:]], axis=-1)
-    return box_ops.xywh_to_xyxy(xywh)
+
+    def __init__(self, head, anchors_px, net_wh, grid_wh, cell, truth):
+        self.head = head
+        self.anchors = jnp.asarray(anchors_px / net_wh)  # [A, 2] normalised
+        self.grid_wh = jnp.asarray(grid_wh, jnp.float32)
+        self.cell, self.truth = cell, truth
+        self.anchors_px, self.net_wh = anchors_px, net_wh
+
+    def offsets(self, t: Array) -> Array:
+        """l.output's x, y: the logistic (not for new_coords), then scale_x_y's scal_add."""
+        s = self.head.scale_x_y
+        xy = t[..., :2] if self.head.new_coords else jax.nn.sigmoid(t[..., :2])
+        return s * xy - 0.5 * (s - 1.0)
+
+    def pred_xywh(self, t: Array, cap: bool = True) -> Array:
+        """get_yolo_box of the pairs' predictions, ``[B, M, A, 4]`` normalised xywh."""
+        centre = (self.cell + self.offsets(t)) / self.grid_wh
+        if self.head.new_coords:
+            scale = 4.0 * jnp.square(t[..., 2:])
+        else:
+            scale = jnp.exp(jnp.minimum(t[..., 2:], MAX_LOG_SCALE) if cap else t[..., 2:])
+        return jnp.concatenate([centre, scale * self.anchors], axis=-1)
+
+    def mse_targets(self) -> Array:
+        """delta_yolo_box's MSE targets (tx, ty, tw, th), ``[B, M, A, 4]``."""
+        txy = self.truth[..., :2] * self.grid_wh - self.cell  # truth.x * lw - i
+        wh = jnp.maximum(self.truth[..., 2:], 1e-9)  # no log(0) where the pair is off
+        ratio = wh * jnp.asarray(self.net_wh) / jnp.asarray(self.anchors_px)
+        twh = jnp.sqrt(ratio / 4.0) if self.head.new_coords else jnp.log(ratio)
+        return jnp.concatenate([jnp.broadcast_to(txy, twh.shape), twh], axis=-1)
+
+    def mse_scale(self) -> Array:
+        """``iou_normalizer * (2 - truth.w * truth.h)``, ``[B, M, 1]``."""
+        return self.head.iou_normalizer * (2.0 - self.truth[..., 2] * self.truth[..., 3])
+
+    def loss(self, t: Array) -> Array:
+        """The written box loss of each pair, ``[B, M, A]``."""
+        head = self.head
+        if head.iou_loss == "mse":
+            # 0.5 * scale * |t - target|^2 on l.output's values: its gradient at them is
+            # delta_yolo_box's MSE delta.
+            pred = jnp.concatenate([self.offsets(t), t[..., 2:]], axis=-1)
+            sq = jnp.sum(jnp.square(pred - self.mse_targets()), axis=-1)
+            return 0.5 * self.mse_scale() * sq
+        similarity = _IOU_FUNCTIONS[head.iou_loss](
+            box_ops.xywh_to_xyxy(self.pred_xywh(t)), box_ops.xywh_to_xyxy(self.truth)
+        )
+        return head.iou_normalizer * (1.0 - similarity)
+
+    def darknet_delta(self, t: Array) -> Array:
+        """delta_yolo_box's delta for each pair, ``[B, M, A, 4]`` (minus the gradient at t).
+
+        The MSE delta is applied to l.output's values as if they were the raw outputs
+        (darknet's backward copies the delta without the logistic's derivative or
+        scale_x_y). The IoU family: box.c::dx_box_iou, w, h multiplied by exp(tw), exp(th)
+        (not for new_coords), times iou_normalizer, NaN and inf set to 0 (fix_nan_inf),
+        clipped to max_delta.
+        """
+        head = self.head
+        if head.iou_loss == "mse":
+            pred = jnp.concatenate([self.offsets(t), t[..., 2:]], axis=-1)
+            return self.mse_scale()[..., None] * (self.mse_targets() - pred)
+        pred = self.pred_xywh(t, cap=False)
+        # delta_yolo_box: "avoid nan in dx_box_iou".
+        pred = pred.at[..., 2:].set(jnp.where(pred[..., 2:] == 0, 1.0, pred[..., 2:]))
+        truth = jnp.broadcast_to(self.truth, pred.shape)
+        delta = box_ops.darknet_iou_delta(pred, truth, head.iou_loss)
+        if not head.new_coords:
+            delta = delta.at[..., 2:].multiply(jnp.exp(t[..., 2:]))
+        delta = delta * head.iou_normalizer
+        delta = jnp.where(jnp.isfinite(delta), delta, 0.0)
+        if math.isfinite(head.max_delta):
+            delta = jnp.clip(delta, -head.max_delta, head.max_delta)
+        return delta
+
+
+def _score_loss(x: Array, y: Array, new_coords: bool, darknet: bool) -> Array:
+    """Objectness or class loss of outputs ``x`` against targets ``y`` (targets detached).
+
+    Plain heads: BCE of the logits, whose gradient ``p - y`` is darknet's delta. new_coords
+    heads output probabilities: darknet's delta ``y - p`` is applied to them directly, which
+    is the gradient of ``(p - y)^2 / 2``; ``darknet=False`` takes BCE on the probabilities
+    instead (gradient ``(p - y) / (p (1 - p))``).
+    """
+    y = jax.lax.stop_gradient(y)
+    if not new_coords:
+        return _bce(x, y, from_logits=True)
+    if darknet:
+        return 0.5 * jnp.square(x - y)
+    return _bce(x, y, from_logits=False)
 
 
 def _bce(x: Array, y: Array, *, from_logits: bool) -> Array:

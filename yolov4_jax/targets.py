@@ -61,6 +61,10 @@ class HeadTargets(NamedTuple):
     classes: Array  # [B, H, W, A, C] float32 0/1: union of the assigned boxes' classes
     gt_index: Array  # [B, H, W, A] int32: row of `boxes` giving `box`, -1 where no object
     num_assigned: Array  # [B, H, W, A] int32: boxes assigned here (> 1 is a collision)
+    # The same assignment per ground truth, as darknet's loop over truths sees it: each
+    # (truth, anchor) pair is one call of delta_yolo_box, whose deltas add up at the slot.
+    truth_positive: Array  # [B, M, A] bool: truth m is assigned to anchor a of this head
+    truth_cell: Array  # [B, M] int32: row * W + col of truth m's cell on this head's grid
 
 
 def valid_boxes(boxes: Array, labels: Array, mask: Array, num_classes: int) -> Array:
@@ -178,6 +182,8 @@ def assign_targets(
                 classes=classes.reshape(*grid, num_classes),
                 gt_index=gt_index,
                 num_assigned=count.reshape(grid),
+                truth_positive=positive,
+                truth_cell=row * grid_w + col,
             )
         )
     return tuple(targets)
