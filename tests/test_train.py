@@ -397,18 +397,42 @@ def test_cbn_compensates_the_weight_change():
     sq = ((old**2).mean((0, 1, 2)) + (new**2).mean((0, 1, 2))) / 2
     expected = _normalised(new, mean, sq - mean**2)
     np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-3)
-    # Without compensation the stale statistics give a visibly different result.
-    stale_mean = (pre_bn(x_old, kernel).mean((0, 1, 2)) + new.mean((0, 1, 2))) / 2
-    assert np.abs(stale_mean - mean).max() > 1e-4
+    # The same layer without compensation, fed the same history, normalises with the stale
+    # statistics and lands far further from the statistics at the new kernel.
+    _, cbn_stale = _cbn_layer(compensate=False, history=1)[::2]
+    _, cbn_stale = _apply_cbn(conv, variables, cbn_stale, x_old)
+    y_stale, _ = _apply_cbn(conv, new_vars, cbn_stale, x_new)
+    err, err_stale = np.abs(y - expected).max(), np.abs(y_stale - expected).max()
+    assert err_stale > 10 * err, (err, err_stale)
 
 
-def test_cbn_train_step_runs_and_carries_its_history():
+def test_cbn_window_counts_updates_not_micro_batches():
     config, model, tx, schedule, state = _setup(
         **{"train.bn": "cbn", "train.cbn_window": 3, "optim.subdivisions": 2}
     )
     step = train.make_train_step(model, config, tx, schedule)
-    for _ in range(2):
-        state, metrics = step(state, _batch())
+    assert model.layers[0].stride == 2 and model.layers[0].padding == 1
+    newest = []
+    for k in range(3):
+        batch = _batch(seed=k)
+        kernel = np.asarray(state.params["layer000"]["kernel"])  # the step donates the state
+        state, metrics = step(state, batch)
         assert bool(metrics["finite"])
-    counts = {int(v) for v in jax.tree.leaves(jax.tree.map(lambda a: a, state.cbn)) if v.ndim == 0}
-    assert counts == {2}  # four micro-batches seen, window of 2 past iterations
+        counts = {int(v) for v in jax.tree.leaves(state.cbn) if v.ndim == 0}
+        assert counts == {min(k + 1, 2)}  # one entry per update, two micro-batches each
+        layer = state.cbn["layer000"]
+        # The update's entry: the mean over its whole batch (both micro-batches) of the first
+        # conv's output with the kernel of that update, and that kernel.
+        pre = jax.lax.conv_general_dilated(
+            batch["image"].astype(jnp.float32) / 255.0,
+            kernel,
+            (2, 2),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        np.testing.assert_allclose(layer["mean"][0], pre.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer["kernel"][0], kernel, rtol=1e-6)
+        if newest:
+            np.testing.assert_allclose(layer["mean"][1], newest[-1], rtol=1e-6)  # shifted
+        newest.append(np.asarray(layer["mean"][0]))
+    assert not np.allclose(newest[0], newest[1])

@@ -1,47 +1,63 @@
 """The YOLOv4 loss: box (MSE or the IoU family), objectness with the ignore rule, class BCE.
 
-Follows darknet's yolo_layer.c::forward_yolo_layer, but as a scalar loss differentiated by
-autodiff rather than darknet's hand-written deltas. Per head, for every prediction:
+Follows darknet's yolo_layer.c::forward_yolo_layer (process_batch). The loss *value* is the
+written loss below; its *gradient* at the raw head outputs is, by default, darknet's
+``l.delta`` exactly (minus it, divided by the batch size), quirks included, which
+tests/test_loss_darknet.py checks against a NumPy port of darknet's source. Per head:
 
-* **Box** at positives (`yolov4_jax.targets.assign_targets`):
-  ``iou_normalizer * (1 - IoU_kind(pred, truth))`` for ``iou|giou|diou|ciou``, or for ``mse``
-  ``0.5 * iou_normalizer * (2 - w*h) * |t_pred - t_truth|^2`` in darknet's t-space
-  (tx = x*W - i after ``scale_x_y``, tw = log(w*net_w / anchor_w), or sqrt(w*net_w /
-  (4*anchor_w)) with ``new_coords``), whose gradient is delta_yolo_box's MSE delta.
+* **Box**, once per (truth, anchor) pair that `yolov4_jax.targets.assign_targets` makes
+  positive (the best anchor over all heads, plus every anchor above ``iou_thresh``):
+  ``iou_normalizer * (1 - IoU_kind(pred, truth))`` for ``iou|giou|diou|ciou``, or for
+  ``mse`` ``0.5 * iou_normalizer * (2 - w*h) * |t_pred - t_truth|^2`` in darknet's t-space
+  (tx = x*W - i against the output after the logistic and ``scale_x_y``, tw = log(w*net_w
+  / anchor_w), or sqrt(w*net_w / (4*anchor_w)) with ``new_coords``). Two truths on one
+  cell-anchor slot each add their term (darknet's accumulate = 1).
 * **Objectness**: ``obj_normalizer * BCE(obj, 1)`` at positives and ``obj_normalizer *
   BCE(obj, 0)`` elsewhere, except that a prediction whose best IoU with any valid ground
   truth of its image exceeds ``ignore_thresh`` is ignored, if some class probability of it
   exceeds ``ignore_class_thresh`` (0.25; darknet's compare_yolo_class, which does not check
   that the class matches). With ``objectness_smooth`` such a prediction gets that IoU as its
   target instead of being ignored.
-* **Class** at positives: ``cls_normalizer * BCE(cls, y)`` summed over classes, with
-  darknet's label smoothing ``y = y*(1 - eps) + eps/2`` (delta_yolo_class).
+* **Class** at positives: ``BCE(cls, y)`` summed over classes, ``y`` the union of the
+  slot's truths' classes with darknet's label smoothing ``y = y*(1 - eps) + eps/2``
+  (delta_yolo_class).
 
 Normalisation: darknet sums the deltas of all images of a batch and its update divides by
 the batch size, so the loss here is the per-image sum (over heads, cells, anchors, classes)
 averaged over the batch. With an all-False ``mask`` only the "no object" objectness term
 remains: Self-Adversarial Training uses exactly that to suppress detections.
 
-Where autodiff differs from darknet's deltas:
+``box_gradient="darknet"`` (the default) gives the box term darknet's delta_yolo_box
+delta instead of the chain rule (``"autodiff"``, the exact gradient of the value above):
 
-* IoU losses: darknet (box.c::dx_box_iou) takes the gradient with respect to (x, y, w, h),
-  multiplies the w, h parts by exp(tw) and stops there: no sigmoid, ``scale_x_y``, 1/grid or
-  anchor factors. ``box_gradient="darknet"`` (the default) reproduces exactly that with a
-  straight-through estimator; ``"autodiff"`` follows the chain rule to the raw outputs, which
-  makes the x, y gradient about ``4 * grid / scale_x_y`` times (30-100x) weaker than darknet's,
-  so ``iou_normalizer`` (.07, tuned for darknet's deltas) then under-weights the box term and
-  boxes learn far more slowly. CIoU's alpha is a constant in both (`yolov4_jax.boxes.ciou`).
-* darknet clips each box delta to ``max_delta``; here the gradient reaching each raw box
-  channel through the IoU loss is clipped to ``max_delta`` per image (a custom VJP), which is
-  the same bound in raw-output units.
-* Objectness and class: darknet's delta ``y - p`` is the BCE gradient with respect to the
-  logit, so they agree. ``new_coords`` heads output probabilities (the conv applied the
-  logistic), and BCE is taken on them, clipped away from 0 and 1.
-* ``cls_normalizer`` scales the class loss always; darknet only applies it with
-  ``counters_per_class`` (a quirk; yolov4.cfg has 1.0, so nothing changes there).
-* Darknet's ``averages_yolo_deltas`` (box deltas divided by the number of classes of a cell
-  with iou_thresh < 1) and ``truth_thresh`` < 1 (disabled in every shipped cfg) are not
-  reproduced; collisions follow `yolov4_jax.targets` (the later truth gives the box).
+* IoU family: box.c::dx_box_iou's hand-written derivative with respect to the normalised
+  (x, y, w, h), reproduced with its quirks (see `yolov4_jax.boxes.darknet_iou_delta`: w, h
+  not halved, the DIoU/CIoU distance term's sign on x, y, CIoU's aspect term without
+  1/(w^2 + h^2), the unclipped intersection). delta_yolo_box multiplies the w, h parts by
+  exp(tw), exp(th) (not for new_coords) and nothing else: no logistic, ``scale_x_y``, 1/grid
+  or anchor factor (backward_yolo_layer copies the deltas to the input). Then
+  ``iou_normalizer``, NaN/inf set to 0 (fix_nan_inf), and each pair's delta clipped to
+  ``max_delta`` before the pairs of a slot add up.
+* MSE: delta_yolo_box's ``scale * (t_truth - l.output) * iou_normalizer`` lands on the raw
+  output as it is, without the logistic's derivative or ``scale_x_y`` (autodiff includes
+  them, 4-10x weaker on x, y). darknet does not clip it.
+* With ``iou_thresh < 1``, averages_yolo_deltas divides a slot's summed box delta by the
+  number of classes whose delta there is positive (only where the objectness delta is not
+  0): two truths of different classes are averaged, two of one class summed.
+
+``obj_cls_gradient="darknet"`` (the default) does the same for objectness and classes:
+
+* new_coords heads output probabilities (the conv applied the logistic), and darknet's
+  delta ``y - p`` lands on them as it is: the gradient of ``(p - y)^2 / 2``. ``"bce"``
+  takes BCE on the probabilities instead, ``1 / (p (1 - p))`` times stronger.
+* With ``objectness_smooth``, darknet keeps a positive's earlier objectness delta unless it
+  is exactly 0 (process_batch: ``if (l.delta[obj_index] == 0)``), so a positive's target is
+  the IoU above ``ignore_thresh`` it had as a negative, else 0. ``"bce"``: 1.
+* ``cls_normalizer`` is unused, as darknet applies it only with ``counters_per_class``
+  (delta_yolo_class); ``"bce"`` multiplies the class term by it.
+
+For plain heads the objectness and class BCE gradient ``p - y`` is darknet's delta, so
+both choices agree there. ``truth_thresh`` < 1 (disabled in every shipped cfg) is refused.
 """
 
 from __future__ import annotations

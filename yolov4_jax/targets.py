@@ -21,13 +21,14 @@ Deliberate differences, all for static shapes and determinism under ``jax.jit``:
   unknown class ids).
 * Cell indices are clipped to the grid, so a centre at exactly 1.0 lands in the last cell
   (darknet would index out of bounds).
-* **Collisions** (several boxes on one cell and anchor): the box target comes from the box
-  with the highest index in the batch row, i.e. the later truth overwrites, as in the
-  original darknet's ``delta_yolo_box``; AlexeyAB's version sums the colliding box deltas
-  (``rewritten_bbox`` counts them). The class target is the union of the colliding boxes'
-  classes, which is what AlexeyAB's ``delta_yolo_class`` produces (a second box of another
-  class sets its class to 1 without clearing the first). ``num_assigned`` records the count.
-  Both rules are order-independent reductions (scatter-max), so the result is deterministic.
+* **Collisions** (several boxes on one cell and anchor): ``truth_positive`` and
+  ``truth_cell`` keep every (truth, anchor) pair, and the loss adds up their box terms as
+  darknet's delta_yolo_box accumulates (`yolov4_jax.losses`). The slot-level ``box`` comes
+  from the box with the highest index in the batch row (the later truth), and the class
+  target is the union of the colliding boxes' classes, which is what AlexeyAB's
+  ``delta_yolo_class`` produces (a second box of another class sets its class to 1 without
+  clearing the first). ``num_assigned`` records the count. Both rules are
+  order-independent reductions (scatter-max), so the result is deterministic.
 """
 
 from __future__ import annotations

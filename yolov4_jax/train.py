@@ -160,6 +160,30 @@ def zero_cbn(params: PyTree, history: int, compensate: bool) -> PyTree:
     return {k: v for k, v in children.items() if v}
 
 
+def cbn_newest(cbn: PyTree) -> PyTree:
+    """What each layer just pushed onto its ``cbn`` history (entry 0), without ``count``."""
+    if "count" in cbn:
+        return {k: v[0] for k, v in cbn.items() if k != "count"}
+    return {k: cbn_newest(v) for k, v in cbn.items()}
+
+
+def cbn_push(history: PyTree, iteration_sum: PyTree, subdivisions: int) -> PyTree:
+    """The ``cbn`` history after an update: its micro-batches' average pushed as one iteration.
+
+    CBN's window counts iterations (weight updates, Yao et al. 2021): within an update every
+    micro-batch sees the same past iterations, and the update then adds one entry, the
+    average over its micro-batches of the statistics, the kernel and the statistics'
+    gradients (all taken at the update's one kernel).
+    """
+    if "count" in history:
+        out = {"count": jnp.minimum(history["count"] + 1, history["mean"].shape[0])}
+        for k, v in iteration_sum.items():
+            newest = (v / subdivisions)[None].astype(history[k].dtype)
+            out[k] = jnp.concatenate([newest, history[k][:-1]], axis=0)
+        return out
+    return {k: cbn_push(history[k], iteration_sum[k], subdivisions) for k in history}
+
+
 def sat_images(
     model: Network,
     variables: PyTree,
@@ -223,6 +247,7 @@ def make_train_step(
         raise ValueError(f"config.train.cbn_window must be >= 1, got {tc.cbn_window}")
     use_cmbn = tc.bn == "cmbn" and subdivisions > 1
     use_cbn = tc.bn == "cbn"
+    cbn_history = use_cbn and tc.cbn_window > 1
     mutable = ["batch_stats"] + (["cmbn"] if use_cmbn else []) + (["cbn"] if use_cbn else [])
     ema_on = bool(config.optim.ema)
     micro_spec = P(None, "data") if mesh is not None else None
@@ -255,7 +280,7 @@ def make_train_step(
         sat_step = tc.sat_lr * progress
 
         def micro_step(carry, xs):
-            grads_acc, batch_stats, cmbn, cbn = carry
+            grads_acc, batch_stats, cmbn, cbn_sum = carry
             mb, key = xs
             sat_key, drop_key = jax.random.split(key)
             images = mb["image"].astype(jnp.float32) / 255.0
@@ -274,7 +299,7 @@ def make_train_step(
                 if use_cmbn:
                     variables["cmbn"] = cmbn
                 if use_cbn:
-                    variables["cbn"] = cbn
+                    variables["cbn"] = state.cbn  # past iterations only, for every micro-batch
                 outputs, new_vars = model.apply(
                     variables,
                     images,
@@ -292,12 +317,14 @@ def make_train_step(
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             metrics = dict(metrics, sat=do_sat.astype(jnp.float32))
             new_cmbn = new_vars["cmbn"] if use_cmbn else cmbn
-            new_cbn = new_vars["cbn"] if use_cbn else cbn
-            return (grads_acc, new_vars["batch_stats"], new_cmbn, new_cbn), metrics
+            if cbn_history:
+                cbn_sum = jax.tree.map(jnp.add, cbn_sum, cbn_newest(new_vars["cbn"]))
+            return (grads_acc, new_vars["batch_stats"], new_cmbn, cbn_sum), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         cmbn0 = zero_cmbn(state.batch_stats) if use_cmbn else {}
-        carry = (zeros, state.batch_stats, cmbn0, state.cbn)
+        cbn0 = jax.tree.map(jnp.zeros_like, cbn_newest(state.cbn)) if cbn_history else {}
+        carry = (zeros, state.batch_stats, cmbn0, cbn0)
         if subdivisions == 1 or tc.unroll_subdivisions:
             # Unrolled: more memory and a longer compile than the scan, no faster once the
             # scan's gradient convolutions are canonical (model.conv_gradients).
@@ -308,7 +335,8 @@ def make_train_step(
             metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_micro)
         else:
             carry, metrics = jax.lax.scan(micro_step, carry, (micro, keys))
-        grads, batch_stats, _, cbn = carry
+        grads, batch_stats, _, cbn_sum = carry
+        cbn = cbn_push(state.cbn, cbn_sum, subdivisions) if cbn_history else state.cbn
         grads = jax.tree.map(lambda g: g / subdivisions, grads)
         metrics = {
             k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in metrics.items()

@@ -37,4 +37,8 @@ def sweep():
         "mse": {"loss.box_loss": "mse"},
         "giou": {"loss.box_loss": "giou"},
         "diou": {"loss.box_loss": "diou"},
+        # darknet's hand-written box deltas (the default) against the exact chain rule
+        "autodiff_box_gradient": {"loss.box_gradient": "autodiff"},
+        "autodiff_giou": {"loss.box_loss": "giou", "loss.box_gradient": "autodiff"},
+        "autodiff_mse": {"loss.box_loss": "mse", "loss.box_gradient": "autodiff"},
     }
