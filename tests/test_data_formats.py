@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from yolov4_jax.data import formats, prepare, sources
+from configs import base
+from yolov4_jax.data import formats, pipeline, prepare, sources
 
 # COCO category ids on purpose not contiguous and not sorted: labels follow ascending ids.
 CATEGORIES = [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}, {"id": 10, "name": "ten"}]
@@ -144,7 +145,8 @@ def test_coco_crowd_boxes_are_stored_and_dropped_by_decode(tmp_path, coco_folder
     with open(annotations) as f:
         coco = json.load(f)
     coco["annotations"].append(
-        {"id": 999, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10], "iscrowd": 1}
+        {"id": 999, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10], "iscrowd": 1,
+         "area": 77.0}
     )
     with open(annotations, "w") as f:
         json.dump(coco, f)
@@ -159,6 +161,24 @@ def test_coco_crowd_boxes_are_stored_and_dropped_by_decode(tmp_path, coco_folder
     sample, record = read["img_000.png"]
     assert np.asarray(record["objects"]["is_crowd"]).sum() == 1
     assert len(sample.labels) == len(record["objects"]["label"]) - 1
+    # The annotation's area survives (-1 where the json gives none): the COCO evaluation
+    # uses it, and keeps the crowd box as an ignore region.
+    np.testing.assert_allclose(np.asarray(record["objects"]["area"])[-1], 77.0)
+    assert (np.asarray(record["objects"]["area"])[:-1] == -1).all()
+    config = base.get_config()
+    config.data.name, config.data.data_dir = "crowd", str(tmp_path / "tfds")
+    config.data.image_size, config.data.batch_size, config.data.max_boxes = 64, 5, 8
+    builder_dir, num_records = pipeline._prepared(config, "train")
+    evals = pipeline._EvalBatches(
+        config, builder_dir, "train", num_records=num_records, process_index=0, process_count=1
+    )
+    batch = evals.map(0)
+    row = list(batch["image_id"]).index(1)
+    n = len(record["objects"]["label"])
+    assert batch["gt_mask"][row].sum() == n and batch["gt_crowd"][row].sum() == 1
+    assert batch["mask"][row].sum() == n - 1  # the training-style boxes drop the crowd
+    np.testing.assert_allclose(batch["gt_boxes"][row, n - 1], [1, 1, 11, 11], atol=0.05)
+    assert batch["gt_area"][row, n - 1] == pytest.approx(77.0)
 
 
 def test_yolo_round_trip_with_val_fraction(tmp_path) -> None:

@@ -495,3 +495,18 @@ def test_fast_decode_switch_keeps_the_batches_boxes(config, monkeypatch) -> None
         for key in ("boxes", "labels", "mask"):
             np.testing.assert_array_equal(a[key], b[key])
         assert np.abs(a["image"].astype(int) - b["image"]).mean() < 2
+
+
+def test_a_label_outside_the_class_list_is_an_error(config) -> None:
+    builder_dir, num_records = pipeline._prepared(config, "validation")
+    transform = pipeline._EvalBatches(
+        config, builder_dir, "validation", num_records=num_records, process_index=0,
+        process_count=1,
+    )  # fmt: skip
+    transform.source()
+    labels = [int(transform.read(k)[0].labels.max(initial=-1)) for k in range(num_records)]
+    assert max(labels) >= 2
+    transform._num_classes = 2  # as if the class list were shorter than the annotations
+    key = next(k for k, v in enumerate(labels) if v >= 2)
+    with pytest.raises(ValueError, match=rf"split validation record {key}: object label \d"):
+        transform.read(key)

@@ -65,6 +65,32 @@ def perfect(gt):
     return [[(*box, label, 1.0) for *box, label in image] for image in gt]
 
 
+def test_crowd_annotations_are_ignore_regions():
+    # One cat and one crowd of cats; the best-scored detection lies on the crowd.
+    gt = [[(10, 10, 60, 60, 0), (200, 200, 400, 400, 0)]]
+    dets = [[(200, 200, 400, 400, 0, 0.95), (10, 10, 60, 60, 0, 0.9)]]
+    crowd = np.asarray([[False, True]])
+    # COCO: the detection on the crowd is neither a true nor a false positive -> AP 1.
+    assert score(gt, dets, gt_crowd=crowd)["AP"] == pytest.approx(1.0)
+    # Crowd dropped from the ground truth (the old behaviour): a false positive ranked first.
+    assert score([gt[0][:1]], dets)["AP"] == pytest.approx(0.5)
+    # Crowd as an ordinary object: two true positives.
+    assert score(gt, dets)["AP"] == pytest.approx(1.0)
+    assert score(gt, dets)["AR100"] == pytest.approx(1.0)
+
+
+def test_area_ranges_use_the_annotations_area():
+    gt = [[(10, 10, 30, 30, 0)]]  # a 20 x 20 box: 400 px^2, "small" by its box
+    dets = perfect(gt)
+    by_box = score(gt, dets)
+    assert by_box["AP_small"] == pytest.approx(1.0) and math.isnan(by_box["AP_medium"])
+    # Its annotation says 2000 px^2 (a segmentation area, say): "medium", as COCO counts it.
+    by_area = score(gt, dets, gt_area=np.asarray([[2000.0]]))
+    assert by_area["AP_medium"] == pytest.approx(1.0) and math.isnan(by_area["AP_small"])
+    # -1: no area given, the box area is used.
+    assert score(gt, dets, gt_area=np.asarray([[-1.0]]))["AP_small"] == pytest.approx(1.0)
+
+
 def test_perfect_detections_score_one():
     metrics = score(GT, perfect(GT))
     for key in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"):

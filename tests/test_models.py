@@ -250,6 +250,31 @@ def test_switches_a_variant_does_not_take_are_errors(name, switch):
         factory.model_layers(_config(name=name, **switch))
 
 
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"activation": "leaky"},
+        {"attention": "sam"},
+        {"fusion": "weighted"},
+        {"dropblock": 0.1},
+        {"anchors": ((10, 10), (20, 20))},
+        {"head_options": {"scale_x_y": 1.0}},
+        {"width": 0.5},
+    ],
+)
+def test_cfg_model_rejects_every_switch_it_would_ignore(tmp_path, switch):
+    path = tmp_path / "net.cfg"
+    layers = factory.model_layers(_config(name="yolov4_tiny", width=0.25), 3)
+    path.write_text(darknet.format_cfg({"width": 64, "height": 64, "channels": 3}, layers))
+    config = base.get_config().model
+    config.name, config.cfg_path = "cfg", str(path)
+    factory.create_model(config)  # the plain cfg builds
+    for key, value in switch.items():
+        config[key] = value
+    with pytest.raises(ValueError, match=f"config.model.{next(iter(switch))}.*net.cfg"):
+        factory.create_model(config)
+
+
 @pytest.mark.parametrize("name", ["yolov4", "yolov4_tiny", "yolov4_csp"])
 def test_head_options_override_scale_x_y_on_every_head(name):
     config = base.get_config()

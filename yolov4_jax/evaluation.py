@@ -5,10 +5,13 @@ pixels and builds both COCO datasets in memory, so every dataset (the embedded s
 included) is scored by the same code. `evaluate` runs a ``predict(variables, images)`` function
 (`yolov4_jax.inference.make_predict_fn`) over `yolov4_jax.data.create_eval_iterator` and scores it.
 
-On COCO itself the numbers differ slightly from the official ones on instances_val2017.json:
-ground-truth area is the box area (COCO uses the segmentation area, which moves some objects
-between small, medium and large), crowd boxes are dropped by the data pipeline (COCO ignores
-detections that match them) and an image keeps at most ``config.data.max_boxes`` objects.
+The COCO protocol is followed as pycocotools applies it to instances_val2017.json: crowd
+annotations (``iscrowd``) are ignore regions (a detection matching one counts neither as a
+true nor as a false positive), and a ground truth's area for AP_small/medium/large is the
+annotation's own ``area`` (COCO's segmentation area) where the dataset stores one (datasets
+prepared from COCO json by `yolov4_jax.data.prepare` do), else the box area. The one
+difference left: an image keeps at most ``config.data.max_boxes`` annotations (90, COCO's
+largest val2017 image has 93 with crowds), in the record's order.
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         self._sizes: dict[int, tuple[int, int]] = {}  # image id -> (height, width)
-        self._gt: list[tuple] = []  # (image id, boxes [G, 4], labels [G])
-        self._dt: list[tuple] = []  # (image id, boxes [D, 4], classes [D], scores [D])
+        self._gt: list[tuple] = []  # (image id, boxes [G, 4], labels [G], crowd [G], area [G])
+        self._dt: list[tuple] = []  # (image id, boxes [D, 4], classes [D], scores [D], None)
 
     @property
     def num_images(self) -> int:
@@ -81,7 +84,7 @@ class CocoEvaluator:
 
     @property
     def num_detections(self) -> int:
-        return sum(len(classes) for _, _, classes, _ in self._dt)
+        return sum(len(classes) for _, _, classes, _, _ in self._dt)
 
     def add(
         self,
@@ -96,6 +99,8 @@ class CocoEvaluator:
         det_classes: np.ndarray,
         det_valid: np.ndarray,
         valid: np.ndarray | None = None,
+        gt_crowd: np.ndarray | None = None,
+        gt_area: np.ndarray | None = None,
     ) -> None:
         """Adds a batch of B images; rows with ``valid`` False (padding) are skipped.
 
@@ -106,6 +111,9 @@ class CocoEvaluator:
           det_boxes: [B, K, 4] xyxy, original pixels; det_scores [B, K]; det_classes [B, K];
             det_valid [B, K] bool.
           valid: [B] bool; None: every row.
+          gt_crowd: [B, M] bool, crowd annotations (ignore regions); None: none.
+          gt_area: [B, M] the annotations' areas in original pixels, < 0 for the box area;
+            None: box areas.
         """
         image_ids = np.asarray(image_ids).reshape(-1)
         rows = np.ones(len(image_ids), bool) if valid is None else np.asarray(valid, bool)
@@ -126,13 +134,17 @@ class CocoEvaluator:
                     )
             height, width = (int(v) for v in orig_sizes[i])
             self._sizes[image_id] = (height, width)
-            self._gt.append((image_id, np.asarray(gt_boxes[i], np.float64)[gt], labels))
+            crowd = np.zeros(len(labels), bool) if gt_crowd is None else np.asarray(gt_crowd[i])[gt]
+            area = np.full(len(labels), -1.0) if gt_area is None else np.asarray(gt_area[i])[gt]
+            boxes = np.asarray(gt_boxes[i], np.float64)[gt]
+            self._gt.append((image_id, boxes, labels, crowd.astype(bool), area.astype(np.float64)))
             self._dt.append(
                 (
                     image_id,
                     np.asarray(det_boxes[i], np.float64)[dt],
                     classes,
                     np.asarray(det_scores[i], np.float64)[dt],
+                    None,
                 )
             )
 
@@ -141,7 +153,9 @@ class CocoEvaluator:
         from pycocotools.coco import COCO
 
         annotations = []
-        for image_id, boxes, labels, *scores in entries:
+        for image_id, boxes, labels, extra_a, extra_b in entries:
+            # Ground truth: (crowd, area); detections: (scores, None).
+            is_gt = extra_b is not None
             xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
             for j, (box, label) in enumerate(zip(xywh.tolist(), labels.tolist(), strict=True)):
                 ann = {
@@ -152,8 +166,12 @@ class CocoEvaluator:
                     "area": box[2] * box[3],
                     "iscrowd": 0,
                 }
-                if scores:
-                    ann["score"] = float(scores[0][j])
+                if is_gt:
+                    ann["iscrowd"] = int(extra_a[j])
+                    if extra_b[j] >= 0:
+                        ann["area"] = float(extra_b[j])
+                else:
+                    ann["score"] = float(extra_a[j])
                 annotations.append(ann)
         coco = COCO()
         coco.dataset = {
@@ -267,9 +285,11 @@ def evaluate(
         found = {
             "image_ids": batch["image_id"],
             "orig_sizes": size,
-            "gt_boxes": data.boxes_to_original(batch["boxes"], size, (canvas, canvas), letterbox),
-            "gt_labels": batch["labels"],
-            "gt_mask": batch["mask"],
+            "gt_boxes": batch["gt_boxes"],
+            "gt_labels": batch["gt_labels"],
+            "gt_mask": batch["gt_mask"],
+            "gt_crowd": batch["gt_crowd"],
+            "gt_area": batch["gt_area"],
             "det_boxes": data.boxes_to_original(dets.boxes, size, (canvas, canvas), letterbox),
             "det_scores": dets.scores,
             "det_classes": dets.classes,

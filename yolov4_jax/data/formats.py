@@ -74,6 +74,7 @@ class Example:
     size: tuple[int, int] | None = None  # (height, width) the annotations expect
     bad: bool = False
     label: int = -1  # classification (folder format): the image's class; -1 for detection
+    area: np.ndarray | None = None  # [N] float32: COCO's annotation area in pixels (-1: none)
 
 
 def _check_box(
@@ -135,6 +136,7 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
             np.zeros((0,), np.int64),
             np.zeros((0,), bool),
             size,
+            area=np.zeros((0,), np.float32),
         )
         boxes[image_id] = []
     for i, ann in enumerate(coco["annotations"]):
@@ -178,23 +180,28 @@ def read_coco(images_dir: str, annotations: str) -> tuple[list[str], list[Exampl
                 )
             )
             continue
+        area = ann.get("area", -1.0)
+        area = float(area) if isinstance(area, int | float) and not isinstance(area, bool) else -1.0
         boxes[image_id].append(
-            ([x, y, x + w, y + h], label_of[ann["category_id"]], bool(ann.get("iscrowd", 0)))
+            ([x, y, x + w, y + h], label_of[ann["category_id"]], bool(ann.get("iscrowd", 0)), area)
         )
     for image_id, ex in examples.items():
         _set_boxes(ex, boxes[image_id], ex.size)
     return names, list(examples.values()), problems
 
 
-def _set_boxes(ex: Example, items: list[tuple[list[float], int, bool]], size) -> None:
+def _set_boxes(ex: Example, items: list[tuple], size) -> None:
+    """Stores (xyxy pixels, label, crowd[, area]) items on ``ex`` in tfds's box format."""
     if not items:
         return
-    xyxy = np.array([b for b, _, _ in items], np.float64)
+    xyxy = np.array([item[0] for item in items], np.float64)
     h, w = size
     yxyx = xyxy[:, [1, 0, 3, 2]] / np.array([h, w, h, w])
     ex.bbox = np.clip(yxyx, 0.0, 1.0).astype(np.float32)
-    ex.labels = np.array([label for _, label, _ in items], np.int64)
-    ex.is_crowd = np.array([crowd for _, _, crowd in items], bool)
+    ex.labels = np.array([item[1] for item in items], np.int64)
+    ex.is_crowd = np.array([item[2] for item in items], bool)
+    if len(items[0]) > 3:
+        ex.area = np.array([item[3] for item in items], np.float32)
 
 
 def read_names(names_file: str) -> list[str]:

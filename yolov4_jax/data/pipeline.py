@@ -8,8 +8,11 @@ known per step, and the DataLoader's checkpointable state is just the position i
 
 Training batch (per process): ``image`` uint8 [B, H, W, 3] RGB; ``boxes`` float32 [B, M, 4]
 (x1, y1, x2, y2) normalised to the canvas; ``labels`` int32 [B, M]; ``mask`` bool [B, M].
-Evaluation batches add ``image_id`` int64 [B], ``orig_size`` int32 [B, 2] (height, width) and
-``valid`` bool [B]; the last batch is padded with blank images whose ``valid`` is False.
+Evaluation batches add ``image_id`` int64 [B], ``orig_size`` int32 [B, 2] (height, width),
+``valid`` bool [B] (the last batch is padded with blank images whose ``valid`` is False) and the
+ground truth as COCO scores it: ``gt_boxes`` float32 [B, M, 4] xyxy in original pixels,
+``gt_labels``, ``gt_mask``, ``gt_crowd`` (crowd boxes, kept and flagged) and ``gt_area``
+(the annotation's area in pixels, -1 where the record has none).
 """
 
 from __future__ import annotations
@@ -185,16 +188,36 @@ class _BatchTransform(grain.transforms.Map):
                 if self._in_worker:
                     cv2.setNumThreads(1)  # one worker process per core; avoid oversubscription
                 builder = sources.builder_from_directory(self._builder_dir)
+                self._num_classes = len(sources.class_names(builder))
                 self._source = sources.open_split(builder, self._split)
             return self._source
 
     def read(self, key: int) -> tuple[Sample, int]:
-        record = self.source()[int(key)]
-        where = f"{self._builder_dir} split {self._split} record {key}"
+        """Record ``key`` as a training sample (crowd boxes dropped) and its image id."""
+        return self._decode(self.source()[int(key)], key)
+
+    def _where(self, key: int) -> str:
+        return f"{self._builder_dir} split {self._split} record {key}"
+
+    def _decode(self, record: dict[str, Any], key: int) -> tuple[Sample, int]:
+        where = self._where(key)
         try:
-            return sources.decode(record, deferred=self._deferred, where=where)
+            sample, image_id = sources.decode(record, deferred=self._deferred, where=where)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
+        self._check_labels(sample.labels, key)
+        return sample, image_id
+
+    def _check_labels(self, labels: np.ndarray, key: int) -> None:
+        bad = labels[(labels < 0) | (labels >= self._num_classes)]
+        if bad.size:
+            # darknet skips such truths with a warning (yolo_layer.c); a silent skip would
+            # train on a different dataset than the one asked for.
+            raise ValueError(
+                f"{self._where(key)}: object label {int(bad[0])} is outside the dataset's "
+                f"{self._num_classes} classes [0, {self._num_classes}); fix the annotation "
+                "or the class list"
+            )
 
 
 class _ShardedBatches(_BatchTransform):
@@ -340,11 +363,26 @@ class _EvalBatches(_BatchTransform):
             "image_id": np.full((b,), -1, np.int64),
             "orig_size": np.zeros((b, 2), np.int32),
             "valid": np.zeros((b,), bool),
+            # The COCO evaluation's ground truth, untouched by the canvas: original pixels,
+            # crowd boxes included (flagged), each annotation's own area (-1: none given).
+            "gt_boxes": np.zeros((b, m, 4), np.float32),
+            "gt_labels": np.zeros((b, m), np.int32),
+            "gt_mask": np.zeros((b, m), bool),
+            "gt_crowd": np.zeros((b, m), bool),
+            "gt_area": np.full((b, m), -1.0, np.float32),
         }
         first = (step * self._process_count + self._process_index) * b
         for i, key in enumerate(range(first, min(first + b, self._num_records))):
-            sample, image_id = self.read(key)
-            out["orig_size"][i] = sample.image.shape[:2]
+            record = self.source()[int(key)]
+            sample, image_id = self._decode(record, key)
+            height, width = sample.image.shape[:2]
+            out["orig_size"][i] = (height, width)
+            gt = sources.decode_annotations(record, height, width)
+            self._check_labels(gt[1], key)
+            n = min(len(gt[1]), m)  # at most max_boxes objects, in record order
+            for name, values in zip(("gt_boxes", "gt_labels", "gt_crowd", "gt_area"), gt):
+                out[name][i, :n] = values[:n]
+            out["gt_mask"][i, :n] = True
             sample = augment.resize_to_canvas(sample, (c, c), self._letterbox)
             out["image"][i] = sample.image
             rng = np.random.default_rng([key])

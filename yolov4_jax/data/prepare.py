@@ -72,12 +72,14 @@ def _builder_class(
 ):
     """A GeneratorBasedBuilder named ``name`` over already validated examples."""
     classification = task == sources.CLASSIFICATION
+    examples = [ex for split in splits.values() for ex in split]
+    with_area = bool(examples) and all(ex.area is not None for ex in examples)
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = (
             synthetic.classification_features(class_names)
             if classification
-            else synthetic.detection_features(class_names)
+            else synthetic.detection_features(class_names, with_area)
         )
         return tfds.core.DatasetInfo(
             builder=self,
@@ -103,6 +105,8 @@ def _builder_class(
                     "label": ex.labels,
                     "is_crowd": ex.is_crowd,
                 }
+                if with_area:
+                    record["objects"]["area"] = ex.area
             yield ex.image_id, record
 
     # Built per call and never registered, so any NAME can be prepared in one process.

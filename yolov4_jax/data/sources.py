@@ -313,16 +313,30 @@ def decode(
     else:
         image = decode_image(record["image"])
     h, w = image.shape[:2]
+    boxes, labels, crowd, _ = decode_annotations(record, h, w)
+    keep = ~crowd
+    return Sample(image, boxes[keep], labels[keep]), int(record.get("image/id", -1))
+
+
+def decode_annotations(
+    record: dict[str, Any], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A detection record's objects, crowd ones included, in pixels of a ``height x width`` image.
+
+    Returns ``boxes`` float32 [N, 4] xyxy, ``labels`` int32 [N], ``crowd`` bool [N]
+    (``is_crowd``, or VOC's ``is_difficult``) and ``area`` float32 [N]: the annotation's own
+    area in pixels (COCO's segmentation area) where the record has one, else -1.
+    """
     objects = record.get("objects", {})
     bbox = np.asarray(objects.get("bbox", []), np.float32).reshape(-1, 4)
     labels = np.asarray(objects.get("label", []), np.int32).reshape(-1)
     crowd = objects.get("is_crowd", objects.get("is_difficult"))
-    keep = np.ones(len(labels), bool)
-    if crowd is not None:
-        keep = ~np.asarray(crowd, bool).reshape(-1)
+    crowd = np.zeros(len(labels), bool) if crowd is None else np.asarray(crowd, bool).reshape(-1)
+    area = objects.get("area")
+    area = np.full(len(labels), -1.0, np.float32) if area is None else np.asarray(area, np.float32)
     # tfds (ymin, xmin, ymax, xmax) in [0, 1] -> pixel (x1, y1, x2, y2).
-    boxes = bbox[keep][:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
-    return Sample(image, boxes.astype(np.float32), labels[keep]), int(record.get("image/id", -1))
+    boxes = bbox[:, [1, 0, 3, 2]] * np.array([width, height, width, height], np.float32)
+    return boxes.astype(np.float32), labels, crowd, area.reshape(-1)
 
 
 def decode_classification(record: dict[str, Any]) -> tuple[np.ndarray, int]:

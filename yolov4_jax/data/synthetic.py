@@ -184,20 +184,25 @@ def _jpeg(image: np.ndarray) -> bytes:
     return jpeg.tobytes()
 
 
-def detection_features(class_names) -> tfds.features.FeaturesDict:
-    """The record format shared by every dataset this project writes (that of tfds ``coco``)."""
+def detection_features(class_names, with_area: bool = False) -> tfds.features.FeaturesDict:
+    """The record format shared by every dataset this project writes (that of tfds ``coco``).
+
+    ``with_area`` adds each object's ``area`` in pixels (COCO's annotation area), which the
+    COCO evaluation uses for AP_small/medium/large.
+    """
+    objects = {
+        "bbox": tfds.features.BBoxFeature(),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "is_crowd": tfds.features.Scalar(np.bool_),
+    }
+    if with_area:
+        objects["area"] = tfds.features.Scalar(np.float32)
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(None, None, 3)),
             "image/id": tfds.features.Scalar(np.int64),
             "image/filename": tfds.features.Text(),
-            "objects": tfds.features.Sequence(
-                {
-                    "bbox": tfds.features.BBoxFeature(),
-                    "label": tfds.features.ClassLabel(names=list(class_names)),
-                    "is_crowd": tfds.features.Scalar(np.bool_),
-                }
-            ),
+            "objects": tfds.features.Sequence(objects),
         }
     )
 

@@ -40,6 +40,16 @@ _CLASSIFIER_SWITCHES = ("activation", "dropblock")
 def _check_switches(c: ml_collections.ConfigDict) -> None:
     """A switch the variant does not take is an error, never silently ignored."""
     changed = [k for k, v in _YOLOV4_SWITCHES.items() if c.get(k, v) != v]
+    if c.name == "cfg":
+        changed += [k for k in ("width", "depth") if c.get(k, 1.0) != 1.0]
+        changed += ["anchors"] * bool(c.anchors) + ["head_options"] * bool(_head_options(c))
+        if changed:
+            raise ValueError(
+                f"config.model.{', config.model.'.join(changed)} set, but model.name=cfg builds "
+                f"{c.cfg_path or 'the cfg file'} exactly as written and would ignore them; edit "
+                "the cfg instead, or use config.model.name=yolov4 for architecture ablations"
+            )
+        return
     if c.name in CLASSIFIERS:
         changed = [k for k in changed if k not in _CLASSIFIER_SWITCHES]
         if changed or _head_options(c) or c.anchors:
@@ -131,6 +141,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
     if model_config.name == "cfg":
         from yolov4_jax import darknet
 
+        _check_switches(model_config)
         return darknet.model_from_cfg(
             model_config.cfg_path,
             bn_momentum=model_config.bn_momentum,
