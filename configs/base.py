@@ -111,7 +111,12 @@ def _data() -> ml_collections.ConfigDict:
     d.workers = 0  # grain worker processes (0: in the main process)
     d.fast_decode = True  # decode JPEGs at 1/2-1/8 size when the canvas needs no more (ours)
     d.letterbox = False  # aspect-preserving resize; darknet letter_box=0 (stretch)
-    d.jitter = 0.3  # crop offsets per side up to jitter * size (yolov4.cfg [yolo] jitter=.3)
+    # None: the model's last [yolo] head's value, as darknet reads them (detector.c); without
+    # heads (classifier, data tools) .3 and 1.
+    d.jitter = ml_collections.config_dict.placeholder(float)  # crop offsets per side up to
+    # jitter * size (yolov4.cfg and yolov4-tiny.cfg .3, yolov4-csp.cfg .1)
+    d.resize = ml_collections.config_dict.placeholder(float)  # crop scale offsets, data.c
+    # (yolov4.cfg none: 1, yolov4-tiny.cfg and yolov4-csp.cfg 1.5)
     d.flip = True  # horizontal flip with p=.5 (darknet flip=1)
     d.hue = 0.1  # hue shift uniform in +-hue of the colour circle (yolov4.cfg hue=.1)
     d.saturation = 1.5  # scale in [1, s], inverted with p=.5 (s < 1 as 1/s, darknet); 1: off
@@ -137,7 +142,8 @@ def _data() -> ml_collections.ConfigDict:
     d.random_shapes_scale = 1.4  # darknet random=1: side scaled by r in [1/1.4, 1.4]
     d.random_shapes_range = ()  # (min, max) sides, multiples of 32, instead of the scale rule
     d.random_shapes_step = 32  # sides are multiples of this (darknet resize_step=32)
-    d.dynamic_minibatch = False  # batch scaled inversely with area (darknet dynamic_minibatch=0)
+    d.dynamic_minibatch = False  # batch scaled inversely with area, then x.8 (darknet's
+    # dynamic_minibatch=0; detector.c)
     d.min_box_size = 1.0  # drop boxes thinner than this many pixels (darknet: 1 px)
     d.min_visible = 0.0  # drop boxes with less of their area left after cropping (darknet: 0)
     return d

@@ -205,18 +205,30 @@ def dx_box_iou(pred: Box, truth: Box, iou_loss: str) -> tuple[float, float, floa
     Cw, Ch = Cr - Cl, Cb - Ct
     C = Cw * Cw + Ch * Ch
 
-    dCt_dx, dCt_dy, dCt_dw, dCt_dh = 0.0, (1.0 if pred_t < tt else 0.0), 0.0, (
-        -0.5 if pred_t < tt else 0.0
+    dCt_dx, dCt_dy, dCt_dw, dCt_dh = (
+        0.0,
+        (1.0 if pred_t < tt else 0.0),
+        0.0,
+        (-0.5 if pred_t < tt else 0.0),
     )
-    dCb_dx, dCb_dy, dCb_dw, dCb_dh = 0.0, (1.0 if pred_b > tb else 0.0), 0.0, (
-        0.5 if pred_b > tb else 0.0
+    dCb_dx, dCb_dy, dCb_dw, dCb_dh = (
+        0.0,
+        (1.0 if pred_b > tb else 0.0),
+        0.0,
+        (0.5 if pred_b > tb else 0.0),
     )
-    dCl_dx, dCl_dy, dCl_dw, dCl_dh = (1.0 if pred_l < tl else 0.0), 0.0, (
-        -0.5 if pred_l < tl else 0.0
-    ), 0.0
-    dCr_dx, dCr_dy, dCr_dw, dCr_dh = (1.0 if pred_r > tr else 0.0), 0.0, (
-        0.5 if pred_r > tr else 0.0
-    ), 0.0
+    dCl_dx, dCl_dy, dCl_dw, dCl_dh = (
+        (1.0 if pred_l < tl else 0.0),
+        0.0,
+        (-0.5 if pred_l < tl else 0.0),
+        0.0,
+    )
+    dCr_dx, dCr_dy, dCr_dw, dCr_dh = (
+        (1.0 if pred_r > tr else 0.0),
+        0.0,
+        (0.5 if pred_r > tr else 0.0),
+        0.0,
+    )
     dCw_dx, dCw_dy, dCw_dw, dCw_dh = (
         dCr_dx - dCl_dx,
         dCr_dy - dCl_dy,

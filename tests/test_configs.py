@@ -12,6 +12,7 @@ import pytest
 
 from configs import base
 from yolov4_jax import losses
+from yolov4_jax.data import pipeline
 from yolov4_jax.models import factory, specs
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
@@ -91,3 +92,7 @@ def test_coco_configs_follow_darknets_cfg(name, cfg):
         assert config[group][attr] == want, f"{name}: config.{field} vs {cfg} {key}={want}"
     heads = [s for s in layers if isinstance(s, specs.Yolo)]
     assert config.data.random_shapes == bool(heads[-1].random)  # darknet: the last [yolo]
+    # jitter and resize follow the model's last [yolo] head, whose values are the cfg's.
+    ours = [s for s in factory.model_layers(config.model, 80) if isinstance(s, specs.Yolo)]
+    resolved = pipeline.with_head_augmentation(config, ours)
+    assert (resolved.data.jitter, resolved.data.resize) == (heads[-1].jitter, heads[-1].resize)

@@ -364,7 +364,9 @@ def test_min_visible_drops_a_sliver_left_by_the_crop(monkeypatch) -> None:
         np.array([0, 1], np.int32),
     )
     # A crop from x=36, as wide as the image: 4 of the first box's 40 columns are left (10%).
-    monkeypatch.setattr(augment, "jitter_crop", lambda rng, h, w, jitter: (36.0, 0.0, 136.0, 100.0))
+    monkeypatch.setattr(
+        augment, "jitter_crop", lambda rng, h, w, jitter, resize=1.0: (36.0, 0.0, 136.0, 100.0)
+    )
 
     def crop(min_visible: float) -> Sample:
         p = AugmentParams(flip=False, min_visible=min_visible, **GEOMETRY_ONLY)
@@ -399,3 +401,49 @@ def test_hsv_factor_must_be_positive(field: str) -> None:
     config.data[field] = 0.0
     with pytest.raises(ValueError, match=f"config.data.{field}=0.0: expected a positive"):
         pipeline.augment_params(config)
+
+
+def test_resize_moves_each_side_by_darknets_scale_offsets():
+    # data.c with jitter 0, resize 1.5, a 400 x 200 image: each side moves by
+    # int(min_rd + r * (max_rd - min_rd)), min_rd = int(ow * (1 - 1.5) / 2) = -100 (-50 in y),
+    # max_rd = int(ow * (1 - 1 / 1.5) / 2) = 66 (33); r1 for left and top, r2 for right, bottom.
+    for seed in range(5):
+        r1, r2 = np.random.default_rng(seed).random(2)
+        crop = augment.jitter_crop(np.random.default_rng(seed), 200, 400, 0.0, 1.5)
+        left, top = int(-100 + r1 * 166), int(-50 + r1 * 83)
+        right, bottom = int(-100 + r2 * 166), int(-50 + r2 * 83)
+        assert crop == (left, top, 400 - right, 200 - bottom)
+    # resize < 1 only shrinks the content (pads): min_rd = int(400 * (1 - 2) / 2) = -200, max 0.
+    r1, r2 = np.random.default_rng(7).random(2)
+    crop = augment.jitter_crop(np.random.default_rng(7), 200, 400, 0.0, 0.5)
+    assert crop == (
+        int(-200 + r1 * 200),
+        int(-100 + r1 * 100),
+        400 - int(-200 + r2 * 200),
+        200 - int(-100 + r2 * 100),
+    )
+    assert augment.jitter_crop(np.random.default_rng(0), 200, 400, 0.0, 1.0) == (0, 0, 400, 200)
+
+
+def test_jitter_and_resize_follow_the_last_yolo_head():
+    from configs import base
+    from yolov4_jax.models import factory, specs
+
+    for name, want in (
+        ("yolov4", (0.3, 1.0)),
+        ("yolov4_tiny", (0.3, 1.5)),
+        ("yolov4_csp", (0.1, 1.5)),
+    ):
+        config = base.get_config()
+        config.model.name = name
+        heads = [s for s in factory.model_layers(config.model, 3) if isinstance(s, specs.Yolo)]
+        resolved = pipeline.with_head_augmentation(config, heads)
+        assert (resolved.data.jitter, resolved.data.resize) == want, name
+        assert pipeline.augment_params(resolved).resize == want[1]
+        assert config.data.jitter is None  # the caller's config is untouched
+        config.data.jitter, config.data.resize = 0.2, 1.0  # explicit values win
+        resolved = pipeline.with_head_augmentation(config, heads)
+        assert (resolved.data.jitter, resolved.data.resize) == (0.2, 1.0)
+    # No heads (a classifier, the data tools): yolov4.cfg's jitter, no resize.
+    params = pipeline.augment_params(base.get_config())
+    assert (params.jitter, params.resize) == (0.3, 1.0)

@@ -145,8 +145,14 @@ def test_coco_crowd_boxes_are_stored_and_dropped_by_decode(tmp_path, coco_folder
     with open(annotations) as f:
         coco = json.load(f)
     coco["annotations"].append(
-        {"id": 999, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10], "iscrowd": 1,
-         "area": 77.0}
+        {
+            "id": 999,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [1, 1, 10, 10],
+            "iscrowd": 1,
+            "area": 77.0,
+        }
     )
     with open(annotations, "w") as f:
         json.dump(coco, f)

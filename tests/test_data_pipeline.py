@@ -134,9 +134,14 @@ def test_dynamic_minibatch(config) -> None:
     config.data.random_shapes = True
     config.data.random_shapes_range = (64, 128)
     config.data.dynamic_minibatch = True
-    assert data.train_batch_size(config, 128) == 4
-    assert data.train_batch_size(config, 64) == 16
-    assert data.train_batch_size(config, 96, multiple=4) == 4  # 7.1 rounded down to 4
+    # detector.c: dim_b = 4 * 128^2 / side^2 (integer division), x .8 where that exceeds 4.
+    assert data.train_batch_size(config, 128) == 4  # 4; 3.2 -> 3 is not above 4: stays 4
+    assert data.train_batch_size(config, 64) == 12  # 16; 12.8 -> 12
+    assert data.train_batch_size(config, 96) == 5  # 7 (7.1); 5.6 -> 5
+    assert data.train_batch_size(config, 96, multiple=4) == 4  # rounded down to 4
+    wide = ml_collections.ConfigDict(config.to_dict())
+    wide.data.batch_size, wide.data.random_shapes_range = 8, (160, 192)
+    assert data.train_batch_size(wide, 160) == 11  # 11 (11.5); 8.8 -> 8 is not above 8
     for batch in take(data.create_train_iterator(config, seed=0), 25):
         side = batch["image"].shape[1]
         assert batch["image"].shape[0] == data.train_batch_size(config, side)

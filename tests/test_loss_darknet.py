@@ -166,7 +166,8 @@ def _strides(ours):
 
 def project_deltas(outputs, truths, ours, options):
     """``-grad * B`` of the project's loss at each head."""
-    xyxy = np.concatenate([truths[..., :2] - truths[..., 2:4] / 2, truths[..., :2] + truths[..., 2:4] / 2], -1)  # fmt: skip
+    centre, size = truths[..., :2], truths[..., 2:4]
+    xyxy = np.concatenate([centre - size / 2, centre + size / 2], -1)
     batch = {
         "boxes": jnp.asarray(xyxy, jnp.float32),
         "labels": jnp.asarray(truths[..., 4], jnp.int32),
@@ -196,7 +197,10 @@ def assert_deltas_match(ours_delta, ref_delta, num_anchors, where):
         )
 
 
-def run_case(family, box_loss, seed=0, options=losses.LossOptions(), **extra):
+DARKNET_OPTIONS = losses.LossOptions()
+
+
+def run_case(family, box_loss, seed=0, options=DARKNET_OPTIONS, **extra):
     ours, theirs = heads_of(family, box_loss, **extra)
     truths = make_truths(seed)
     outputs = make_outputs(seed, ours, truths)

@@ -204,7 +204,9 @@ def yolo_loss(
     )
 
     sums = {k: jnp.zeros((), jnp.float32) for k in ("box", "obj", "cls")}
-    counts = {k: jnp.zeros((), jnp.float32) for k in ("pos", "pairs", "ignored", "collisions", "iou")}
+    counts = {
+        k: jnp.zeros((), jnp.float32) for k in ("pos", "pairs", "ignored", "collisions", "iou")
+    }
     for raw, head, target in zip(outputs, heads, head_targets, strict=True):
         terms = _head_loss(
             jnp.asarray(raw, jnp.float32), head, target, gt_boxes, gt_valid, image_hw, options

@@ -460,6 +460,8 @@ def train_and_evaluate(
     info = data_lib.dataset_info(config)
     tasks.check_dataset(config, info)
     model = factory.create_model(config.model, num_classes=info.num_classes)
+    # data.jitter / data.resize left at None follow the last [yolo] head, as in darknet.
+    config = data_lib.with_head_augmentation(config, model.heads)
     task = tasks.create(config, model)
     total_steps = int(config.optim.max_batches)
     tx, schedule = optim.make_optimizer(

@@ -20,6 +20,7 @@ from yolov4_jax.data.pipeline import (
     train_batch_size,
     train_canvas_size,
     train_canvas_sizes,
+    with_head_augmentation,
 )
 from yolov4_jax.data.sources import DatasetInfo, dataset_info_from_builder, load_builder
 
@@ -42,4 +43,5 @@ __all__ = [
     "train_batch_size",
     "train_canvas_size",
     "train_canvas_sizes",
+    "with_head_augmentation",
 ]

@@ -54,6 +54,7 @@ class AugmentParams:
     """The augmentation settings of `config.data` (see configs/base.py for each default)."""
 
     jitter: float = 0.3
+    resize: float = 1.0  # darknet's [yolo] resize: crop scale (yolov4-tiny.cfg 1.5)
     flip: bool = True
     hue: float = 0.1
     saturation: float = 1.5
@@ -89,19 +90,43 @@ def rand_scale(rng: np.random.Generator, s: float) -> float:
     return float(scale if rng.random() < 0.5 else 1.0 / scale)
 
 
-def jitter_crop(rng: np.random.Generator, height: int, width: int, jitter: float) -> Rect:
+def jitter_crop(
+    rng: np.random.Generator, height: int, width: int, jitter: float, resize: float = 1.0
+) -> Rect:
     """Darknet's random crop: each side moves by up to ``jitter`` of the size, in or out.
 
     Offsets are independent per side (data.c::load_data_detection: pleft, pright, ptop, pbot),
     so the crop also changes the aspect ratio and the scale; parts outside the image are padded.
+    ``resize`` (the [yolo] key, 1.5 in yolov4-tiny.cfg and yolov4-csp.cfg) adds darknet's
+    scale offsets: each side also moves by ``(1 - 1/down) / 2 .. (1 - 1/up) / 2`` of the size
+    (down = min(resize, 1/resize), up = its inverse; a value below 1 only shrinks), with one
+    random number for left and top and another for right and bottom, as data.c draws
+    resize_r1 and resize_r2. An empty crop falls back to the whole image, as darknet's
+    "invalid resize" does.
     """
     dw, dh = int(width * jitter), int(height * jitter)
-    pleft, pright = rng.integers(-dw, dw + 1, size=2) if dw else (0, 0)
-    ptop, pbot = rng.integers(-dh, dh + 1, size=2) if dh else (0, 0)
-    x0, x1 = float(pleft), float(width - pright)
-    y0, y1 = float(ptop), float(height - pbot)
-    # Keep at least one pixel (only reachable for jitter >= .5).
-    return x0, y0, max(x1, x0 + 1.0), max(y1, y0 + 1.0)
+    pleft, pright = (int(v) for v in rng.integers(-dw, dw + 1, size=2)) if dw else (0, 0)
+    ptop, pbot = (int(v) for v in rng.integers(-dh, dh + 1, size=2)) if dh else (0, 0)
+    if resize != 1.0:
+        down, up = min(resize, 1.0 / resize), max(resize, 1.0 / resize)
+        min_rdw, min_rdh = int(width * (1 - 1 / down) / 2), int(height * (1 - 1 / down) / 2)
+        max_rdw, max_rdh = int(width * (1 - 1 / up) / 2), int(height * (1 - 1 / up) / 2)
+        if resize < 1:  # "downsize only"
+            max_rdw = max_rdh = 0
+        r1, r2 = rng.random(2)
+        # C: int += float truncates the sum toward zero (rand_precalc_random is a float).
+        pleft = int(pleft + min_rdw + r1 * (max_rdw - min_rdw))
+        pright = int(pright + min_rdw + r2 * (max_rdw - min_rdw))
+        ptop = int(ptop + min_rdh + r1 * (max_rdh - min_rdh))
+        pbot = int(pbot + min_rdh + r2 * (max_rdh - min_rdh))
+    if (
+        width - pleft - pright <= 0
+        or height - ptop - pbot <= 0
+        or width - pleft <= 0
+        or (height - ptop <= 0)
+    ):
+        return 0.0, 0.0, float(width), float(height)
+    return float(pleft), float(ptop), float(width - pright), float(height - pbot)
 
 
 def canvas_rect(crop: Rect, canvas_hw: tuple[int, int], letterbox: bool) -> Rect:
@@ -363,7 +388,7 @@ def _geometric(
     rng: np.random.Generator, sample: Sample, canvas_hw: tuple[int, int], p: AugmentParams
 ) -> tuple[Rect, bool]:
     h, w = sample.image.shape[:2]
-    crop = jitter_crop(rng, h, w, p.jitter)
+    crop = jitter_crop(rng, h, w, p.jitter, p.resize)
     flip = bool(p.flip and rng.random() < 0.5)
     return canvas_rect(crop, canvas_hw, p.letterbox), flip
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -32,8 +33,34 @@ from yolov4_jax.data.augment import AugmentParams, Sample
 _STREAM_LENGTH = 2**62  # "infinite" number of training steps
 
 
+# darknet's values where no [yolo] head gives them (yolov4.cfg's jitter; resize off).
+DEFAULT_JITTER, DEFAULT_RESIZE = 0.3, 1.0
+
+
+def with_head_augmentation(
+    config: ml_collections.ConfigDict, heads: Sequence[Any]
+) -> ml_collections.ConfigDict:
+    """``config`` with ``data.jitter`` and ``data.resize`` left at None taken from the heads.
+
+    darknet reads jitter, resize and random from the *last* [yolo] layer
+    (detector.c::train_detector), so a config that follows a darknet cfg follows its data
+    recipe too (yolov4-tiny.cfg: resize 1.5; yolov4-csp.cfg: jitter .1, resize 1.5).
+    Returns a copy; ``config`` is unchanged.
+    """
+    d = config.data
+    if not heads or (d.jitter is not None and d.resize is not None):
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    last = heads[-1]
+    if d.jitter is None:
+        out.data.jitter = float(last.jitter)
+    if d.resize is None:
+        out.data.resize = float(last.resize)
+    return out
+
+
 def augment_params(config: ml_collections.ConfigDict) -> AugmentParams:
-    """The augmentation flags of ``config.data``."""
+    """The augmentation flags of ``config.data`` (jitter and resize: see configs/base.py)."""
     d = config.data
     for name in ("saturation", "exposure"):
         if not d[name] > 0:
@@ -41,8 +68,12 @@ def augment_params(config: ml_collections.ConfigDict) -> AugmentParams:
                 f"config.data.{name}={d[name]}: expected a positive factor, darknet's value "
                 "(1: off; 1.5 and 1/1.5 both scale by 1/1.5 to 1.5)"
             )
+    resize = DEFAULT_RESIZE if d.get("resize") is None else d.resize
+    if not resize > 0:
+        raise ValueError(f"config.data.resize={resize}: expected a positive scale (1: off)")
     return AugmentParams(
-        jitter=d.jitter,
+        jitter=DEFAULT_JITTER if d.jitter is None else d.jitter,
+        resize=resize,
         flip=d.flip,
         hue=d.hue,
         saturation=d.saturation,
@@ -112,7 +143,11 @@ def train_batch_size(
     if not d.dynamic_minibatch:
         return base
     largest = max(train_canvas_sizes(config))
-    scaled = int(base * largest * largest / (canvas * canvas))
+    # detector.c: dim_b = init_b * max_w * max_h / (w * h) (integer division), then x .8 where
+    # that still exceeds init_b (memory headroom); otherwise the unscaled dim_b stays.
+    scaled = base * largest * largest // (canvas * canvas)
+    if int(scaled * 0.8) > base:
+        scaled = int(scaled * 0.8)
     return max(multiple, scaled // multiple * multiple)
 
 
@@ -380,7 +415,9 @@ class _EvalBatches(_BatchTransform):
             gt = sources.decode_annotations(record, height, width)
             self._check_labels(gt[1], key)
             n = min(len(gt[1]), m)  # at most max_boxes objects, in record order
-            for name, values in zip(("gt_boxes", "gt_labels", "gt_crowd", "gt_area"), gt):
+            for name, values in zip(
+                ("gt_boxes", "gt_labels", "gt_crowd", "gt_area"), gt, strict=True
+            ):
                 out[name][i, :n] = values[:n]
             out["gt_mask"][i, :n] = True
             sample = augment.resize_to_canvas(sample, (c, c), self._letterbox)

@@ -20,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from yolov4_jax import cli, data
+from yolov4_jax.models import factory, specs
 
 
 def _define_flags():
@@ -81,7 +82,13 @@ def annotate(
 def write_preview(config: ml_collections.ConfigDict, out_dir: str, num: int) -> dict:
     """Writes ``num`` training inputs, their annotated copies and boxes.json; returns the JSON."""
     os.makedirs(out_dir, exist_ok=True)
-    names = data.dataset_info(config).class_names
+    info = data.dataset_info(config)
+    names = info.class_names
+    if config.get("task", "detection") == "detection":  # the heads' jitter and resize
+        layers = factory.model_layers(config.model, info.num_classes)
+        config = data.with_head_augmentation(
+            config, [s for s in layers if isinstance(s, specs.Yolo)]
+        )
     iterator = data.create_train_iterator(config, seed=config.get("seed", 0))
     index: dict[str, dict] = {}
     while len(index) < num:
