@@ -26,10 +26,16 @@ def _model() -> ml_collections.ConfigDict:
     m.width = 1.0  # channel multiplier (scaled-YOLOv4 style); tests use tiny widths
     m.depth = 1.0  # residual-block multiplier
     m.activation = "mish"  # backbone activation: mish (paper section 3.4) | leaky | swish | relu
+    m.neck_activation = "leaky"  # neck and heads: leaky (yolov4.cfg) | mish | swish | relu
+    m.residual_fusion = "add"  # backbone residuals: add ([shortcut]) | weighted (MiWRC, 3.4)
     m.neck = "pan"  # pan (paper section 3.4) | fpn
     m.spp = True  # modified SPP block, max-pools 5/9/13 at stride 1 (paper section 3.4)
-    m.attention = "none"  # none | sam (point-wise SAM, paper Fig. 5) | cbam (spatial attention)
-    m.fusion = "concat"  # concat | add | weighted (MiWRC / BiFPN-style fast normalised fusion)
+    # none | sam (point-wise SAM, paper Fig. 5, placed as yolov4-sam-mish-csp-reorg-bfm.cfg) |
+    # cbam (CBAM: channel then spatial attention)
+    m.attention = "none"
+    m.fusion = (
+        "concat"  # neck: concat | add | weighted (MiWRC / BiFPN-style fast normalised fusion)
+    )
     m.dropblock = 0.0  # DropBlock drop probability (paper: BoF for the backbone; 0 = off)
     m.dropblock_size = 7  # DropBlock block size (darknet ramps both up over training)
     m.head_options = {}  # overrides of the [yolo] options (ignore_thresh, scale_x_y...)

@@ -16,6 +16,7 @@ import pytest
 from configs import base
 from yolov4_jax import darknet
 from yolov4_jax.models import Network, builder, cspresnext, factory, output_shapes, specs
+from yolov4_jax.models import layers as layers_lib
 
 SIZE = 64
 
@@ -67,6 +68,8 @@ def _strides(model: Network):
         {"spp": False},
         {"attention": "sam"},
         {"attention": "cbam"},
+        {"neck_activation": "mish"},
+        {"residual_fusion": "weighted"},
         {"fusion": "add"},
         {"fusion": "weighted"},
         {"dropblock": 0.1, "dropblock_size": 3},
@@ -88,6 +91,42 @@ def test_variant_shapes(overrides):
     if overrides.get("fusion") == "weighted":
         fused = [k for k, v in variables["params"].items() if "weights" in v]
         assert fused, "weighted fusion has learned weights"
+
+
+def test_sam_features_feed_the_bottom_up_path():
+    """As yolov4-sam-mish-csp-reorg-bfm.cfg: the stride-2 convs of PAN's bottom-up path read
+    the attended features of the head below, not the features before [sam]."""
+    layers = factory.model_layers(_config(attention="sam"))
+    down = [i for i, s in enumerate(layers) if isinstance(s, specs.Conv) and s.stride == 2][-2:]
+    for i in down:
+        route = layers[i - 1]
+        assert isinstance(route, specs.Route) and len(route.layers) == 1
+        assert isinstance(layers[route.layers[0]], specs.Sam)
+    # And each [yolo] head's 3x3 conv reads a [sam] output too.
+    heads = [i for i, s in enumerate(layers) if isinstance(s, specs.Yolo)]
+    for i in heads:
+        source = i - 3
+        if isinstance(layers[source], specs.Route):
+            source = layers[source].layers[0]
+        assert isinstance(layers[source], specs.Sam), i
+
+
+def test_channel_attention_is_cbams_equation():
+    """Woo et al. 2018, eq. 2: x * sigmoid(MLP(avg) + MLP(max)), the MLP shared, by hand."""
+    layer = layers_lib.ChannelAttention(reduction=2)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4, 6))
+    variables = layer.init(jax.random.key(1), x)
+    p = jax.tree.map(np.asarray, variables["params"])
+    xn = np.asarray(x, np.float64)
+
+    def mlp(v):
+        hidden = np.maximum(v @ p["fc1"]["kernel"] + p["fc1"]["bias"], 0.0)
+        return hidden @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+
+    scores = mlp(xn.mean(axis=(1, 2))) + mlp(xn.max(axis=(1, 2)))  # [N, C]
+    want = xn / (1 + np.exp(-scores))[:, None, None, :]
+    np.testing.assert_allclose(layer.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+    assert p["fc1"]["kernel"].shape == (6, 3)
 
 
 def _count(layers, kind, **fields) -> int:
@@ -115,10 +154,25 @@ def test_each_switch_changes_the_layers_it_names():
     # PAN adds a bottom-up path: two stride-2 convs after the backbone's five.
     assert _count(default, specs.Conv, stride=2) == 7
     assert _count(layers(neck="fpn"), specs.Conv, stride=2) == 5
-    # Attention: none by default; SAM is darknet's [sam]; CBAM its spatial attention.
+    # Mish in the neck and heads too: every BN conv is then mish.
+    mish_neck = layers(neck_activation="mish")
+    assert {s.activation for s in mish_neck if isinstance(s, specs.Conv) and s.batch_normalize} == {
+        "mish"
+    }
+    # MiWRC in the backbone: each residual block's [shortcut] gets per-feature ReLU weights.
+    residual = layers(residual_fusion="weighted")
+    plain = _count(default, specs.Shortcut)
+    assert plain > 0 and _count(residual, specs.Shortcut) == plain
+    assert _count(residual, specs.Shortcut, weights_type="per_feature") == plain
+    assert len(residual) == len(default)
+    # Attention: none by default; SAM is darknet's [sam], one per head; CBAM channel then
+    # spatial attention, one pair per head.
     assert _count(default, specs.Sam) == _count(default, specs.SpatialAttention) == 0
-    assert _count(layers(attention="sam"), specs.Sam) > 0
-    assert _count(layers(attention="cbam"), specs.SpatialAttention) > 0
+    assert _count(layers(attention="sam"), specs.Sam) == 3
+    cbam = layers(attention="cbam")
+    assert _count(cbam, specs.SpatialAttention) == _count(cbam, specs.ChannelAttention) == 3
+    pairs = [i for i, s in enumerate(cbam) if isinstance(s, specs.SpatialAttention)]
+    assert all(isinstance(cbam[i - 1], specs.ChannelAttention) for i in pairs)
     # Fusion of neck inputs: four concatenations become (weighted) additions.
     assert _count(default, specs.Shortcut, weights_type="per_feature") == 0
     assert _count(layers(fusion="add"), specs.Shortcut) == _count(default, specs.Shortcut) + 4

@@ -1,4 +1,8 @@
-"""The paper's detector bag of specials (SPP, PAN, SAM; Table 5 style) and MiWRC-style fusion.
+"""The paper's detector bag of specials (SPP, PAN, SAM; Table 5 style), MiWRC and Mish.
+
+`add_fusion` is the control for `weighted_fusion` (the same sums without learned weights);
+`weighted_residuals` puts MiWRC in the backbone's residual connections; `mish_neck` the
+paper's Mish in the neck and heads as well as the backbone.
 
 YOLOv4-tiny follows its own cfg and has none of these switches, so this sweep uses the full
 YOLOv4 at width 1/4 and depth 1/3 (about 3x the demo's step time):
@@ -16,7 +20,11 @@ def sweep():
         "no_spp": {"model.spp": False},
         "fpn": {"model.neck": "fpn"},
         "sam": {"model.attention": "sam"},
+        "cbam": {"model.attention": "cbam"},
+        "add_fusion": {"model.fusion": "add"},  # weighted fusion's unweighted control
         "weighted_fusion": {"model.fusion": "weighted"},
+        "weighted_residuals": {"model.residual_fusion": "weighted"},  # MiWRC in the backbone
+        "mish_neck": {"model.neck_activation": "mish"},
         "dropblock": {"model.dropblock": 0.1, "model.dropblock_size": 3},
     }
     return {name: {**SMALL_YOLOV4, **overrides} for name, overrides in variants.items()}

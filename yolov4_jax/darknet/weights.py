@@ -55,8 +55,8 @@ def _layer_arrays(layer_specs, channels: int):
             n = len(s.layers) + 1
             shape = (n,) if s.weights_type == "per_feature" else (n, c_in)
             yield i, s, [(("params", "weights"), shape)]
-        elif isinstance(s, specs.SpatialAttention):
-            raise WeightsError(f"layer {i}: SpatialAttention has no darknet weights format")
+        elif isinstance(s, specs.SpatialAttention | specs.ChannelAttention):
+            raise WeightsError(f"layer {i}: {type(s).__name__} has no darknet weights format")
 
 
 def _to_flax(path, array: np.ndarray) -> np.ndarray:

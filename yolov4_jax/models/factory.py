@@ -25,6 +25,8 @@ def _head_options(model_config: ml_collections.ConfigDict) -> dict:
 # Ablation switches only the yolov4 builder takes, with their configs/base.py defaults.
 _YOLOV4_SWITCHES = {
     "activation": "mish",
+    "neck_activation": "leaky",
+    "residual_fusion": "add",
     "neck": "pan",
     "spp": True,
     "attention": "none",
@@ -34,7 +36,7 @@ _YOLOV4_SWITCHES = {
 
 
 # The switches the classifier takes (its backbone's); the others concern the detector's neck.
-_CLASSIFIER_SWITCHES = ("activation", "dropblock")
+_CLASSIFIER_SWITCHES = ("activation", "residual_fusion", "dropblock")
 
 
 def _check_switches(c: ml_collections.ConfigDict) -> None:
@@ -77,8 +79,17 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
     if c.name in ("yolov4_tiny", "yolov4_csp", *CLASSIFIERS):
         _check_switches(c)
     if c.name in CLASSIFIERS:
+        extra = {}
+        if c.get("residual_fusion", "add") != "add":
+            if c.name != "cspdarknet53":
+                raise ValueError(
+                    f"config.model.residual_fusion={c.residual_fusion!r}: only cspdarknet53 "
+                    f"takes it, not {c.name}"
+                )
+            extra["residual_fusion"] = c.residual_fusion
         return _CLASSIFIER_BUILDERS[c.name](
             classes,
+            **extra,
             activation=c.activation,
             dropblock_probability=c.dropblock,
             dropblock_size=c.dropblock_size,
@@ -104,6 +115,8 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         return yolov4.yolov4_layers(
             **common,
             backbone_activation=c.activation,
+            neck_activation=c.get("neck_activation", "leaky"),
+            residual_fusion=c.get("residual_fusion", "add"),
             neck=c.neck,
             use_spp=c.spp,
             attention=c.attention,

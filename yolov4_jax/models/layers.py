@@ -445,6 +445,24 @@ class SpatialAttention(nn.Module):
         return x * attention
 
 
+class ChannelAttention(nn.Module):
+    """CBAM's channel attention (Woo et al. 2018, eq. 2): the first half of CBAM."""
+
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        hidden = max(1, channels // self.reduction)
+        x32 = x.astype(jnp.float32)
+        pooled = jnp.stack([jnp.mean(x32, axis=(1, 2)), jnp.max(x32, axis=(1, 2))])  # [2, N, C]
+        mlp_in = nn.Dense(hidden, name="fc1")
+        mlp_out = nn.Dense(channels, name="fc2")
+        scores = mlp_out(jax.nn.relu(mlp_in(pooled)))  # the shared MLP on both pooled vectors
+        attention = jax.nn.sigmoid(scores[0] + scores[1])[:, None, None, :]  # [N, 1, 1, C]
+        return (x32 * attention).astype(x.dtype)
+
+
 class WeightedFusion(nn.Module):
     """darknet [shortcut] with weights: sum_i w_i * x_i (MiWRC / BiFPN fast fusion).
 

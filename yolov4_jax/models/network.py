@@ -120,6 +120,8 @@ class Network(nn.Module):
                 x = layers.SpatialAttention(
                     spec.size, self.dtype, self.conv_gradients, self.conv_algorithm, name=name
                 )(x)
+            elif isinstance(spec, specs.ChannelAttention):
+                x = layers.ChannelAttention(spec.reduction, name=name)(x)
             elif isinstance(spec, specs.DropBlock):
                 x = layers.DropBlock(spec.probability, spec.block_size, name=name)(
                     x, train, dropblock_scale

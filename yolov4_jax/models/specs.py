@@ -91,6 +91,16 @@ class SpatialAttention:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChannelAttention:
+    """CBAM's channel attention (not a darknet layer): x * sigmoid(MLP(avg_hw) + MLP(max_hw)).
+
+    The MLP (C -> C / reduction, ReLU, -> C) is shared by the two pooled vectors.
+    """
+
+    reduction: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class DropBlock:
     """darknet [dropout] dropblock=1: drops square blocks of features in training."""
 
@@ -151,5 +161,15 @@ class Yolo:
         return tuple(self.anchors[m] for m in self.mask)
 
 
-Spec = Conv | MaxPool | Upsample | Route | Shortcut | Sam | SpatialAttention | DropBlock
+Spec = (
+    Conv
+    | MaxPool
+    | Upsample
+    | Route
+    | Shortcut
+    | Sam
+    | SpatialAttention
+    | ChannelAttention
+    | DropBlock
+)
 Spec = Spec | AvgPool | Yolo

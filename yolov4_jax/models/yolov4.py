@@ -8,6 +8,8 @@ darknet cfg (except CBAM's spatial attention, which darknet lacks).
 
 from __future__ import annotations
 
+import functools
+
 from yolov4_jax.models import specs
 from yolov4_jax.models.builder import Builder, classifier_layers, scale_depth
 
@@ -53,8 +55,15 @@ def csp_stage(
     activation: str,
     hidden: int,
     dropblock: specs.DropBlock | None = None,
+    residual: str = "add",
 ) -> int:
-    """A cross-stage-partial stage: stride-2 conv, two 1x1 paths, residual blocks on one."""
+    """A cross-stage-partial stage: stride-2 conv, two 1x1 paths, residual blocks on one.
+
+    ``residual`` is how each block joins its input: ``add`` (darknet's [shortcut]) or
+    ``weighted``, the paper's MiWRC (BoS for the backbone, section 3.4): a [shortcut] with
+    per-feature weights normalised by ReLU (darknet's weights_type=per_feature,
+    weights_normalization=relu).
+    """
     down = b.conv(filters, 3, activation, stride=2)
     part_a = b.conv(hidden, 1, activation)
     b.route(down)
@@ -63,7 +72,7 @@ def csp_stage(
         block_in = b.last
         b.conv(filters // 2, 1, activation)
         b.conv(hidden, 3, activation)
-        b.add(specs.Shortcut((block_in,)))
+        b.fuse(block_in, residual)
     b.conv(hidden, 1, activation)
     b.route(b.last, part_a)
     out = b.conv(filters, 1, activation)
@@ -75,15 +84,20 @@ def cspdarknet53(
     activation: str = "mish",
     depth: float = 1.0,
     dropblock: specs.DropBlock | None = None,
+    residual: str = "add",
 ) -> list[int]:
     """CSPDarknet53 (Wang et al. 2020 + the YOLOv4 paper); returns the five stage outputs."""
+    if residual not in ("add", "weighted"):
+        raise ValueError(f"residual fusion must be add or weighted, got {residual!r}")
     b.conv(32, 3, activation)
     outputs = []
     for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, STAGE_BLOCKS, strict=True)):
         # Stage 1 keeps the full width in its two paths; later stages halve it (CSP split).
         hidden = filters if stage == 0 else filters // 2
         outputs.append(
-            csp_stage(b, filters, scale_depth(blocks, depth), activation, hidden, dropblock)
+            csp_stage(
+                b, filters, scale_depth(blocks, depth), activation, hidden, dropblock, residual
+            )
         )
     return outputs
 
@@ -95,6 +109,7 @@ def cspdarknet53_classifier_layers(
     dropblock_size: int = 7,
     width: float = 1.0,
     depth: float = 1.0,
+    residual_fusion: str = "add",
 ) -> tuple[specs.Spec, ...]:
     """CSPDarknet53 as an image classifier (darknet's csdarknet53-omega.cfg head).
 
@@ -103,8 +118,9 @@ def cspdarknet53_classifier_layers(
     detector (`yolov4_jax.models.transfer`); then global average pooling and a linear 1x1
     conv to ``num_classes`` logits (darknet's [avgpool], [convolutional] and [softmax]).
     """
+    backbone = functools.partial(cspdarknet53, residual=residual_fusion)
     return classifier_layers(
-        cspdarknet53, num_classes, activation, dropblock_probability, dropblock_size, width, depth
+        backbone, num_classes, activation, dropblock_probability, dropblock_size, width, depth
     )
 
 
@@ -125,22 +141,27 @@ def _five_convs(b: Builder, filters: int, activation: str) -> int:
     return b.last
 
 
-def _head(
-    b: Builder, source: int, filters: int, yolo: specs.Yolo, activation: str, attention: str
-) -> int:
-    """Optional attention on the neck output, then 3x3 conv, 1x1 prediction and [yolo]."""
-    if source != b.last:
-        b.route(source)
+def _attend(b: Builder, attention: str) -> int:
+    """Attention on the last layer: none, the paper's SAM, or CBAM (channel then spatial)."""
     if attention == "sam":
         # The paper's modified SAM (section 3.4; Figure 5): point-wise attention from a
-        # logistic conv, multiplied in by darknet's [sam] layer.
+        # logistic conv (with BN, as yolov4-sam-mish-csp-reorg-bfm.cfg), multiplied in by
+        # darknet's [sam] layer.
         features = b.last
         b.conv(b.channels(features), 1, "logistic", scale=False)
-        b.add(specs.Sam(features))
-    elif attention == "cbam":
-        b.add(specs.SpatialAttention(7))
-    elif attention != "none":
+        return b.add(specs.Sam(features))
+    if attention == "cbam":
+        b.add(specs.ChannelAttention(16))
+        return b.add(specs.SpatialAttention(7))
+    if attention != "none":
         raise ValueError(f"attention must be none, sam or cbam, got {attention!r}")
+    return b.last
+
+
+def _head(b: Builder, source: int, filters: int, yolo: specs.Yolo, activation: str) -> int:
+    """3x3 conv, 1x1 prediction and [yolo] on ``source``."""
+    if source != b.last:
+        b.route(source)
     b.conv(filters * 2, 3, activation)
     n_out = len(yolo.mask) * (5 + yolo.classes)
     b.add(specs.Conv(n_out, 1, 1, 0, 1, False, "linear"))
@@ -155,6 +176,7 @@ def yolov4_layers(
     backbone_activation: str = "mish",
     neck_activation: str = "leaky",
     neck: str = "pan",
+    residual_fusion: str = "add",
     use_spp: bool = True,
     attention: str = "none",
     fusion: str = "concat",
@@ -173,7 +195,7 @@ def yolov4_layers(
         if dropblock_probability > 0
         else None
     )
-    _, _, c3, c4, _ = cspdarknet53(b, backbone_activation, depth, dropblock)
+    _, _, c3, c4, _ = cspdarknet53(b, backbone_activation, depth, dropblock, residual_fusion)
     act = neck_activation
     b.conv(512, 1, act)
     b.conv(1024, 3, act)
@@ -200,7 +222,7 @@ def yolov4_layers(
     b.conv(128, 1, act)
     b.fuse(up, fusion)
     _five_convs(b, 128, act)
-    p3 = neck_out()
+    neck_out()  # p3
     options = dict(HEAD_OPTIONS, **(head_options or {}))
     options.setdefault("classes", num_classes)
     if "scale_x_y" in options:  # one value for every head (e.g. 1.0: grid sensitivity off)
@@ -216,22 +238,27 @@ def yolov4_layers(
             **extra,
         )
 
-    _head(b, p3, 128, yolo(0), act, attention)
+    # Attention sits on each head's neck output, which (in PAN) also feeds the bottom-up path,
+    # as darknet's yolov4-sam-mish-csp-reorg-bfm.cfg places its [sam] layers.
+    a3 = _attend(b, attention)  # on p3, the last layer
+    _head(b, a3, 128, yolo(0), act)
     if neck == "fpn":
-        _head(b, p4, 256, yolo(1), act, attention)
-        _head(b, p5, 512, yolo(2), act, attention)
+        for source, filters, k in ((p4, 256, 1), (p5, 512, 2)):
+            b.route(source)
+            _head(b, _attend(b, attention), filters, yolo(k), act)
         return b.build()
     # Bottom-up path (PAN, Liu et al. 2018), the paper's choice.
-    b.route(p3)
+    b.route(a3)
     b.conv(256, 3, act, stride=2)
     b.fuse(p4, fusion)
     _five_convs(b, 256, act)
-    n4 = neck_out()
-    _head(b, n4, 256, yolo(1), act, attention)
-    b.route(n4)
+    neck_out()
+    a4 = _attend(b, attention)
+    _head(b, a4, 256, yolo(1), act)
+    b.route(a4)
     b.conv(512, 3, act, stride=2)
     b.fuse(p5, fusion)
     _five_convs(b, 512, act)
-    n5 = neck_out()
-    _head(b, n5, 512, yolo(2), act, attention)
+    neck_out()
+    _head(b, _attend(b, attention), 512, yolo(2), act)
     return b.build()
