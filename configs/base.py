@@ -42,20 +42,20 @@ def _model() -> ml_collections.ConfigDict:
     m.bn_momentum = 0.99  # Flax convention (weight of old stats); darknet's update rate .01
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     # auto | xla | canonical: how conv gradients are written (same values); auto = canonical on
-    # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (models/conv.py)
+    # CPU, where XLA runs autodiff's gradient convs inside scan/cond as naive loops (ops/conv.py)
     m.conv_gradients = "auto"
     # auto | auto_f4 | direct | winograd: how 3x3 stride-1 convs are computed; auto = Winograd
-    # F(2x2,3x3) on CPU in float32 for layers where it is faster (models/winograd.py), direct
+    # F(2x2,3x3) on CPU in float32 for layers where it is faster (ops/winograd.py), direct
     # elsewhere; auto_f4 = auto with F(4x4,3x3) on maps of 48x48 and up (a CPU training step
     # 0-6% faster, a 7 s longer compile, a 0.1 GB higher peak); mkl = every conv through Intel
     # oneMKL on the CPU (pip install mkl): with dtype bfloat16 it uses the CPU's bf16 units,
-    # which XLA:CPU does not (yolov4_jax/cpu_gemm.py)
+    # which XLA:CPU does not (yolov4_jax/ops/cpu_gemm.py)
     m.conv_algorithm = "auto"
     return m
 
 
 def _loss() -> ml_collections.ConfigDict:
-    """yolov4_jax.losses.LossOptions; None keeps each [yolo] head's own cfg value."""
+    """yolov4_jax.detection.losses.LossOptions; None keeps each [yolo] head's own cfg value."""
     placeholder = ml_collections.config_dict.placeholder
     loss = ml_collections.ConfigDict()
     loss.box_loss = placeholder(str)  # mse | iou | giou | diou | ciou (yolov4.cfg: ciou, sec 3.4)
@@ -78,7 +78,7 @@ def _loss() -> ml_collections.ConfigDict:
 
 
 def _optim() -> ml_collections.ConfigDict:
-    """yolov4_jax.optim.make_optimizer: darknet's SGD, burn-in and schedule."""
+    """yolov4_jax.training.optim.make_optimizer: darknet's SGD, burn-in and schedule."""
     o = ml_collections.ConfigDict()
     o.optimizer = "sgd"  # sgd (darknet) | adam (beta1 = momentum; for short runs such as the demo)
     o.learning_rate = 0.0013  # at reference_batch_size images per update (yolov4.cfg)
@@ -156,7 +156,7 @@ def _data() -> ml_collections.ConfigDict:
 
 
 def _train() -> ml_collections.ConfigDict:
-    """The train loop (yolov4_jax/train.py): BN mode, SAT, DropBlock ramp, logging, checkpoints."""
+    """The train loop and step (yolov4_jax/training/): BN mode, SAT, DropBlock, logging, saving."""
     t = ml_collections.ConfigDict()
     t.bn = "bn"  # bn (yolov4.cfg batch_normalize=1, synced over devices) | cmbn (paper 3.3) | cbn
     t.cbn_window = 4  # cbn: statistics of this many iterations (the current one included)

@@ -22,6 +22,8 @@ def get_config():
     config.data.eval_batch_size = 20
     config.data.max_boxes = 16
     config.data.random_shapes = False
+    config.data.jitter = 0.3  # yolov4-tiny.cfg's last [yolo] (None would read the same)
+    config.data.resize = 1.5  # likewise; named here so that searches start from them
     config.data.workers = 1
     config.optim.subdivisions = 1
     config.optim.learning_rate = 0.01

@@ -11,7 +11,7 @@ A sweep file is plain Python:
     def sweep():                      # variant name -> {"group.field": value}
         return {"baseline": {}, "no_mosaic": {"data.mosaic": False}}
 
-Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `train.train_and_evaluate` (in
+Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_and_evaluate` (in
 this process, one after another). A finished run leaves ``result.json`` there and is skipped
 next time; an interrupted one resumes from its checkpoints, so rerunning the command continues
 a partly finished sweep. A run that fails (for example a non-finite loss) is recorded with its
@@ -110,11 +110,11 @@ def make_config(base: str, overrides: Mapping[str, Any], seed: int, extra: Mappi
 
 def run_one(config, run_dir: str) -> dict[str, Any]:
     """Trains one run (resuming if it was interrupted) and returns its result record."""
-    from yolov4_jax import train
+    from yolov4_jax import training
 
     start = time.time()
     try:
-        metrics = train.train_and_evaluate(config, run_dir)
+        metrics = training.train_and_evaluate(config, run_dir)
         # A finished run always evaluates; no metrics means it stopped early (SIGTERM).
         status, error = ("ok", "") if metrics else ("interrupted", "")
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on

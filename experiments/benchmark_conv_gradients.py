@@ -34,7 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs import base  # noqa: E402
 from experiments.timing import timed_calls  # noqa: E402
-from yolov4_jax.models import conv, factory, layers  # noqa: E402
+from yolov4_jax.models import factory, layers  # noqa: E402
+from yolov4_jax.ops import conv  # noqa: E402
 
 
 def conv_shapes(model_name: str, size: int, batch: int) -> collections.Counter:

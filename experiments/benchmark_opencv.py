@@ -8,7 +8,7 @@
 (`model.conv_algorithm`: auto, direct, winograd, mkl; default auto), e.g.
 `--dtypes float32,float32:direct` times the network with and without Winograd's 3x3
 convolutions in one run, and `--dtypes float32,bfloat16,bfloat16:mkl` bfloat16 through XLA
-(which computes it in float32) and through oneMKL's bf16 products (`yolov4_jax.cpu_gemm`;
+(which computes it in float32) and through oneMKL's bf16 products (`yolov4_jax.ops.cpu_gemm`;
 `pip install mkl`).
 
 The network (`--model`, 80 classes) gets random weights, written with the project's darknet
@@ -43,7 +43,7 @@ For every input size and batch size:
    the child runs `--iters` of each of OpenCV's, and so on; medians over all calls.
    - forward: the jitted `model.apply` on a device-resident float batch, `block_until_ready`;
      OpenCV: `setInput(blob)` + `forward` of the [yolo] outputs.
-   - detect: `inference.make_predict_fn` (decode, clip, NMS as the cfg says: DIoU-NMS for
+   - detect: `prediction.make_predict_fn` (decode, clip, NMS as the cfg says: DIoU-NMS for
      yolov4's `greedynms`) from uint8 images to detections fetched to the host; OpenCV:
      `blobFromImages` + `forward` + its sample's post-processing (best class per row,
      `NMSBoxesBatched`), see `opencv_peer.postprocess`. Both: score .25, IoU .45, at most
@@ -96,11 +96,12 @@ from experiments.benchmark_models import (  # noqa: E402
 )
 from experiments.peer_process import PeerProcess  # noqa: E402
 from experiments.timing import timed_calls  # noqa: E402
-from yolov4_jax import darknet, inference  # noqa: E402
-from yolov4_jax.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
+from yolov4_jax import darknet  # noqa: E402
 from yolov4_jax.data.synthetic import render_image  # noqa: E402
+from yolov4_jax.detection.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
+from yolov4_jax.evaluation import prediction  # noqa: E402
 from yolov4_jax.models import Network, specs  # noqa: E402
-from yolov4_jax.models.conv import CONV_ALGORITHMS  # noqa: E402
+from yolov4_jax.ops.conv import CONV_ALGORITHMS  # noqa: E402
 
 OPENCV_DIR = os.path.join(ROOT, ".cache", "opencv4")
 OPENCV_INSTALL = (
@@ -109,7 +110,7 @@ OPENCV_INSTALL = (
 SCENE_MAX_SIDE = 512  # the largest image the embedded dataset's renderer draws
 PEER = os.path.join(ROOT, "experiments", "opencv_peer.py")
 # Thresholds and caps of both sides' post-processing (darknet's detector defaults).
-NMS = inference.NmsOptions()
+NMS = prediction.NmsOptions()
 # Standard deviation of every conv output before BN (on the calibration scenes); large enough
 # that the BN epsilons (1e-5 here and in darknet, 1e-6 in OpenCV) change results by ~5e-8.
 PRE_BN_STD = 10.0
@@ -209,7 +210,7 @@ class OpenCVPeer(PeerProcess):
 
 
 def _decode(model: Network, outputs, size: int):
-    boxes, scores = inference.decode_heads(outputs, model.heads, (size, size))
+    boxes, scores = prediction.decode_heads(outputs, model.heads, (size, size))
     return np.asarray(boxes) * size, np.asarray(scores)  # [B, M, 4] xyxy pixels, [B, M, C]
 
 
@@ -344,7 +345,7 @@ def _bf16_line(setting: str, b: dict) -> str:
 
 def benchmark_setting(args, name, models, predicts, variables, images, peer, folder, lines):
     """Agreement, bf16 accuracy and timing for one input size and batch; the table rows.
-    ``variables`` maps each of ``models``' entries to its own (`inference.prepare_variables`)."""
+    ``variables`` maps each of ``models``' entries to its own (`prediction.prepare_variables`)."""
     batch, size = images.shape[:2]
     setting = f"{size}x{size}, batch {batch}"
     x = jax.device_put(jnp.asarray(images, jnp.float32) / 255.0)
@@ -417,7 +418,7 @@ def _engine(entry: str) -> str:
 
 def _variant(model: Network, entry: str) -> Network:
     """`model` with the compute dtype and conv algorithm of a `--dtypes` entry."""
-    return inference.with_compute(model, *_dtype_entry(entry))
+    return prediction.with_compute(model, *_dtype_entry(entry))
 
 
 def run(args) -> str:
@@ -462,10 +463,10 @@ def run(args) -> str:
                 # As detect and evaluate do: Winograd kernel transforms, and kernels in the
                 # compute dtype, computed once.
                 prepared = {
-                    d: inference.prepare_variables(m, loaded_vars) for d, m in models.items()
+                    d: prediction.prepare_variables(m, loaded_vars) for d, m in models.items()
                 }
                 predicts = {
-                    d: inference.make_predict_fn(m, inference.nms_options_for(m.heads))
+                    d: prediction.make_predict_fn(m, prediction.nms_options_for(m.heads))
                     for d, m in models.items()
                 }
                 for batch in batches:

@@ -1,11 +1,11 @@
 """Training-step cost on the machine it runs on: compile time, step time, images/s, memory, FLOPs.
 
     python experiments/benchmark_train.py --config=configs/base.py --size 416 --batch 2 \
-        [--subdivisions 1] [--steps 5] [--dtype float32|bfloat16] [--set train.sat=True ...]
+        [--subdivisions 1] [--steps 5] [--dtype float32|bfloat16] [--set training.sat=True ...]
     python experiments/benchmark_train.py --config=configs/yolov4_coco.py --size 608 --batch 64 \
         --subdivisions 8 --compile_only     # FLOPs and bytes of the paper's step, no execution
 
-Runs `yolov4_jax.train.make_train_step` (the real step: micro-batch accumulation, BN/CmBN/CBN,
+Runs `yolov4_jax.training.make_train_step` (the real step: micro-batch accumulation, BN/CmBN/CBN,
 SAT, loss, SGD, EMA as configured) on random uint8 images with a few boxes each, so the host
 input pipeline is excluded (experiments/benchmark_data.py measures that). Prints, for the
 default JAX device (CPU, GPU or TPU, nothing to change):
@@ -19,14 +19,14 @@ default JAX device (CPU, GPU or TPU, nothing to change):
   compilation; it includes the Python process, JAX and the train state, not init's and
   the compiler's own peaks, which `process_max_rss_gb` adds);
 - minor page faults per step (median; host memory that the step's buffers fault in again,
-  see `yolov4_jax.hostmem`);
+  see `yolov4_jax.ops.hostmem`);
 - XLA's buffer assignment of the compiled step: `xla_temp_gb` (activations, gradients and
   scratch) and `xla_arguments_gb` (the train state and the batch).
 
 `--compile_in_child` compiles the step in a child process and loads it from the persistent
 compilation cache, as a second start of the training program does (`compile_s` is then the
 load). Run as a program, the benchmark restarts itself with the training program's host
-malloc setting first (`yolov4_jax.hostmem`; `huge_pages` in the output).
+malloc setting first (`yolov4_jax.ops.hostmem`; `huge_pages` in the output).
 
 `--torch_dir DIR` times the same network's step in PyTorch eager (`experiments/torch_peer.py`),
 alternating --rounds rounds of --steps steps with JAX's: `torch_step_over_jax` is the ratio of
@@ -149,8 +149,10 @@ def benchmark(args) -> dict:
     import jax
 
     from experiments.ablate import _parse_value, apply_overrides, load_module
-    from yolov4_jax import hostmem, optim, train
+    from yolov4_jax import training
     from yolov4_jax.models import factory
+    from yolov4_jax.ops import hostmem
+    from yolov4_jax.training import optim
 
     cache_hits = []
     if args.compile_in_child:
@@ -181,16 +183,16 @@ def benchmark(args) -> dict:
     tx, schedule = optim.make_optimizer(
         config.optim, global_batch_size=args.batch, total_steps=config.optim.max_batches
     )
-    mesh = train.make_mesh() if jax.device_count() > 1 else None
-    state = train.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    mesh = training.make_mesh() if jax.device_count() > 1 else None
+    state = training.create_train_state(model, config, tx, jax.random.PRNGKey(0))
     hostmem.release()  # as the training loop does
-    step = train.make_train_step(model, config, tx, schedule, mesh)
+    step = training.make_train_step(model, config, tx, schedule, mesh)
     host_batch = batch = _batch(args.size, args.batch, config.data.max_boxes)
     if mesh is not None:
         state = jax.device_put(
             state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         )
-        batch = train.global_batch(batch, mesh)
+        batch = training.global_batch(batch, mesh)
     else:
         batch = jax.device_put(batch)
 
@@ -424,7 +426,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from yolov4_jax import hostmem
+    from yolov4_jax.ops import hostmem
 
     hostmem.apply_defaults()  # may restart the program, as the training program does
     sys.exit(main())

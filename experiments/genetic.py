@@ -154,7 +154,7 @@ def _base_value(config, key: str, source: str) -> Any:
         return value
     if groups != ["loss"]:
         raise ValueError(f"{source}: {key} is None in the base config; the search needs a value")
-    from yolov4_jax import losses
+    from yolov4_jax.detection import losses
     from yolov4_jax.models import factory, specs
 
     try:

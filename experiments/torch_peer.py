@@ -7,7 +7,7 @@ peak memory is its own process's), with TORCH_DIR (a `pip install --target` fold
 `python -m pip install --target .cache/torch torch`) first on sys.path. Nothing here imports
 JAX, so the process holds only Python, PyTorch and the step. Its malloc runs with the JAX
 side's settings (the environment it inherits, with glibc's huge-page tunable where
-`yolov4_jax.hostmem.apply_defaults` restarted benchmark_train with it), and reports them.
+`yolov4_jax.ops.hostmem.apply_defaults` restarted benchmark_train with it), and reports them.
 
 SETUP_JSON names the network as the project's layer specs (`{"type": "Conv", **fields}` per
 layer, the same tuple the JAX model runs), the batch (`.npz` with image, boxes, labels, mask:
@@ -53,7 +53,7 @@ if ROOT not in sys.path:
 from experiments.benchmark_train import reset_peak_rss, status_gb  # noqa: E402
 from experiments.peer_process import protocol_channel, send, serve  # noqa: E402
 from experiments.timing import timed_calls  # noqa: E402
-from yolov4_jax import hostmem  # noqa: E402
+from yolov4_jax.ops import hostmem  # noqa: E402
 
 
 def build(torch, layers: list[dict], in_channels: int = 3):

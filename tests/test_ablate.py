@@ -10,6 +10,9 @@ import os
 import pytest
 
 from experiments import ablate
+from yolov4_jax.detection import losses
+from yolov4_jax.models import factory
+from yolov4_jax.training import optim
 
 SWEEP = """
 BASE = "configs/test_tiny.py"
@@ -75,14 +78,34 @@ def test_bad_overrides_fail_before_training(tmp_path):
     "name", ["bof_detector", "bos_detector", "activation", "augmentation", "bof_classifier"]
 )
 def test_committed_sweeps_build_their_configs(name):
+    """Each variant's config carries its overrides and builds; the model-changing ones change
+    the model's layers, the loss-changing ones the loss options the step will use."""
     base, seeds, variants = ablate.load_sweep(
         os.path.join(ablate.ROOT, "configs", "ablations", f"{name}.py")
     )
-    for overrides in variants.values():
+    first = next(iter(variants))  # the sweep's reference ("baseline", or e.g. "none")
+    assert len(seeds) >= 1
+    reference = ablate.make_config(base, variants[first], seeds[0], {})
+    reference_layers = factory.model_layers(reference.model, num_classes=5)
+    reference_loss = losses.loss_options(reference.loss)
+    for variant, overrides in variants.items():
         config = ablate.make_config(base, overrides, seeds[0], {})
-        from yolov4_jax.models import factory
-
-        factory.model_layers(config.model, num_classes=5)
+        for key, value in overrides.items():
+            group, field = key.split(".")
+            want = value(config) if callable(value) else value
+            got = config[group][field]
+            got = got.to_dict() if hasattr(got, "to_dict") else got
+            assert json.dumps(got) == json.dumps(want), (variant, key)
+        layers = factory.model_layers(config.model, num_classes=5)
+        optim.make_optimizer(config.optim, global_batch_size=8, total_steps=100)
+        changed = {k for k, v in overrides.items() if variants[first].get(k, object()) != v}
+        if variant == first:
+            continue
+        touches_model = any(k.startswith("model.") for k in changed)
+        if touches_model:
+            assert layers != reference_layers, variant
+        if any(k.startswith("loss.") for k in changed):
+            assert losses.loss_options(config.loss) != reference_loss, variant
 
 
 def test_callable_overrides_follow_set():

@@ -1,4 +1,4 @@
-"""Tests for yolov4_jax.boxes: hand-computed values, gradients, degenerate cases, jit."""
+"""Tests for yolov4_jax.detection.boxes: hand-computed values, gradients, degenerate cases, jit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from yolov4_jax import boxes as B
+from yolov4_jax.detection import boxes as B
 
 FUNCS = {"iou": B.iou, "giou": B.giou, "diou": B.diou, "ciou": B.ciou}
 SQ3 = math.sqrt(3.0)

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from configs import base
-from yolov4_jax import losses, optim, train
+from yolov4_jax import training
+from yolov4_jax.detection import losses
 from yolov4_jax.models import factory, specs, transfer
 from yolov4_jax.models.network import layer_name
+from yolov4_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,8 +135,8 @@ def test_tiny_classifier_overfits_a_tiny_set():
     config.optim.max_batches = 60
     model = factory.create_model(config.model, num_classes=4)
     tx, schedule = optim.make_optimizer(config.optim, global_batch_size=8, total_steps=60)
-    state = train.create_train_state(model, config, tx, jax.random.key(0))
-    step = train.make_train_step(model, config, tx, schedule)
+    state = training.create_train_state(model, config, tx, jax.random.key(0))
+    step = training.make_train_step(model, config, tx, schedule)
     rng = np.random.default_rng(0)
     label = np.arange(8) % 4
     batch = {
@@ -153,13 +155,13 @@ def test_tiny_classifier_overfits_a_tiny_set():
 
 def test_classifier_run_then_detector_starts_from_its_backbone(tmp_path, tiny_cls_data_dir):
     from configs import test_tiny_classifier
-    from yolov4_jax import checkpoints
+    from yolov4_jax.training import checkpoints
 
     config = test_tiny_classifier.get_config()
     config.data.data_dir = tiny_cls_data_dir
     config.train.eval_every = 4
     workdir = str(tmp_path / "cls")
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics = training.train_and_evaluate(config, workdir)
     assert set(metrics) >= {"eval/top1", "eval/top5", "eval/loss"}
     assert metrics["eval/images"] == 20  # the tiny validation split, padding not counted
     assert 0.0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1.0
@@ -172,7 +174,7 @@ def test_classifier_run_then_detector_starts_from_its_backbone(tmp_path, tiny_cl
     detector.model.backbone_checkpoint = workdir
     model = factory.create_model(detector.model, num_classes=5)
     tx, _ = optim.make_optimizer(detector.optim, global_batch_size=8, total_steps=10)
-    state = train.create_train_state(model, detector, tx, jax.random.key(0))
+    state = training.create_train_state(model, detector, tx, jax.random.key(0))
     _, classifier, trained, _ = checkpoints.load_for_inference(workdir, "best")
     names = [layer_name(i) for i in transfer.classifier_backbone(classifier.layers)]
     assert len(names) > 10
@@ -184,7 +186,7 @@ def test_classifier_run_then_detector_starts_from_its_backbone(tmp_path, tiny_cl
     detector.model.activation = "leaky"
     model = factory.create_model(detector.model, num_classes=5)
     with pytest.raises(ValueError, match="backbone_checkpoint.*differs"):
-        train.create_train_state(model, detector, tx, jax.random.key(0))
+        training.create_train_state(model, detector, tx, jax.random.key(0))
 
 
 def test_task_and_dataset_must_agree(tmp_path, tiny_cls_data_dir):
@@ -194,11 +196,11 @@ def test_task_and_dataset_must_agree(tmp_path, tiny_cls_data_dir):
     config.data.data_dir = tiny_cls_data_dir
     config.task = "detection"
     with pytest.raises(ValueError, match="classification dataset, but config.task"):
-        train.train_and_evaluate(config, str(tmp_path / "a"))
+        training.train_and_evaluate(config, str(tmp_path / "a"))
     config.task = "classification"
     config.model.name = "yolov4_tiny"
     with pytest.raises(ValueError, match="does not fit config.task"):
-        train.train_and_evaluate(config, str(tmp_path / "b"))
+        training.train_and_evaluate(config, str(tmp_path / "b"))
 
 
 def test_detector_starts_from_a_darknet_partial_file(tmp_path, detector):
@@ -212,7 +214,7 @@ def test_detector_starts_from_a_darknet_partial_file(tmp_path, detector):
     config = base.get_config()
     config.model.width, config.model.depth = 0.125, 0.33
     config.model.weights, config.model.weights_num_layers = path, n
-    variables = train.init_variables(model, config, jax.random.key(7), 32)
+    variables = training.init_variables(model, config, jax.random.key(7), 32)
     for i in range(len(model.layers)):
         name = layer_name(i)
         if name not in source["params"]:
@@ -263,7 +265,7 @@ def test_cspresnext50_classifier_runs(tmp_path, tiny_cls_data_dir):
     """A couple of steps of the train loop with model.name=cspresnext50 (csresnext50.cfg's
     leaky, width 1/8), then evaluation and the checkpoint reloads as the same network."""
     from configs import test_tiny_classifier
-    from yolov4_jax import checkpoints
+    from yolov4_jax.training import checkpoints
 
     config = test_tiny_classifier.get_config()
     config.data.data_dir = tiny_cls_data_dir
@@ -274,7 +276,7 @@ def test_cspresnext50_classifier_runs(tmp_path, tiny_cls_data_dir):
     config.optim.burn_in = 1
     config.train.log_every = 1
     workdir = str(tmp_path / "cls")
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics = training.train_and_evaluate(config, workdir)
     assert metrics["eval/images"] == 20
     assert 0.0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1.0
     assert np.isfinite(metrics["eval/loss"])

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import base
-from yolov4_jax import losses
 from yolov4_jax.data import pipeline
+from yolov4_jax.detection import losses
 from yolov4_jax.models import factory, specs
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")

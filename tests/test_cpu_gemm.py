@@ -1,6 +1,6 @@
-"""oneMKL convolutions on the CPU (yolov4_jax/cpu_gemm.py, model.conv_algorithm="mkl"): values
+"""oneMKL convolutions on the CPU (yolov4_jax/ops/cpu_gemm.py, model.conv_algorithm="mkl"): values
 and gradients equal XLA's convolution of the same (bf16-rounded) operands; a network with them
-equals the direct one; `inference.prepare_variables` stores bf16 kernels; missing pieces are
+equals the direct one; `prediction.prepare_variables` stores bf16 kernels; missing pieces are
 clear errors. Skipped where oneMKL or a C++ compiler is missing (`pip install mkl`; the dev
 extras install it on Linux x86-64)."""
 
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from tests.test_models import _config
-from yolov4_jax import cpu_gemm, inference
-from yolov4_jax.models import conv, factory
-from yolov4_jax.models.conv import _NHWC
+from yolov4_jax.evaluation import prediction
+from yolov4_jax.models import factory
+from yolov4_jax.ops import conv, cpu_gemm
+from yolov4_jax.ops.conv_gradients import NHWC as _NHWC
 
 pytestmark = pytest.mark.skipif(
     not cpu_gemm.available(), reason="oneMKL or a C++ compiler is missing (pip install mkl)"
@@ -117,7 +118,7 @@ def test_a_network_with_mkl_convolutions_equals_the_direct_one():
     # bfloat16: prepare_variables stores the kernels in bf16 (BN and biases stay float32);
     # the outputs equal those of the network computing with the float32 kernels.
     bf16 = mkl.clone(dtype=jnp.bfloat16)
-    prepared = inference.prepare_variables(bf16, variables)
+    prepared = prediction.prepare_variables(bf16, variables)
     kernels = [
         leaf
         for path, leaf in jax.tree_util.tree_leaves_with_path(prepared["params"])
@@ -132,7 +133,7 @@ def test_a_network_with_mkl_convolutions_equals_the_direct_one():
     assert others and all(o.dtype == jnp.float32 for o in others)
     for got, ref in zip(apply(bf16, prepared), apply(bf16, variables), strict=True):
         np.testing.assert_array_equal(got, ref)
-    assert inference.prepare_variables(mkl, variables) is variables  # float32: nothing to do
+    assert prediction.prepare_variables(mkl, variables) is variables  # float32: nothing to do
 
 
 def test_missing_compiler_and_library_are_clear_errors(tmp_path, monkeypatch):

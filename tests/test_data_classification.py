@@ -340,9 +340,19 @@ def test_unmixed_targets_are_one_hot_and_cutmix_weights_are_patch_areas(config) 
 def test_mixup_targets_are_half_and_half(config) -> None:
     config.data.mosaic = config.data.cutmix = False
     config.data.mixup_prob = 1.0
-    for b in take(data.create_classification_train_iterator(config, seed=2), 2):
-        for target in b["target"]:
+
+    def mixed_rows(seed):
+        rows = [t for b in take(data.create_classification_train_iterator(config, seed=seed), 2)
+                for t in b["target"]]  # fmt: skip
+        for target in rows:
             assert sorted(target[target > 0].tolist()) in ([0.5, 0.5], [1.0])
+        return sum(len(t[t > 0]) == 2 for t in rows), len(rows)
+
+    # Every row is a MixUp; only a pair of one class (1 in 5 with five classes) reads [1.0].
+    mixed, total = mixed_rows(2)
+    assert mixed >= total // 2
+    config.data.mixup = False
+    assert mixed_rows(2)[0] == 0  # the control: no mixing, no half-and-half rows
 
 
 def test_deterministic_per_seed_and_resumable(config) -> None:

@@ -1,4 +1,4 @@
-"""Tests for yolov4_jax.decode.decode_yolo on hand-computed cells."""
+"""Tests for yolov4_jax.detection.decode.decode_yolo on hand-computed cells."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax.decode import decode_yolo
+from yolov4_jax.detection.decode import decode_yolo
 
 C = 3  # classes
 A = 2  # anchors per head

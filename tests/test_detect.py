@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from yolov4_jax import darknet, detect
+from yolov4_jax.detection.nms import Detections
 from yolov4_jax.models import yolov4_tiny_layers
-from yolov4_jax.nms import Detections
 
 NET_W, NET_H = 96, 64
 
@@ -191,7 +191,7 @@ def test_class_names_default():
 
 
 def test_bf16_convolutions_through_mkl(model_files, tmp_path, monkeypatch):
-    from yolov4_jax import cpu_gemm
+    from yolov4_jax.ops import cpu_gemm
 
     if not cpu_gemm.available():
         pytest.skip("oneMKL or a C++ compiler is missing (pip install mkl)")

@@ -14,7 +14,7 @@ import pytest
 from configs import base
 from yolov4_jax import data, evaluation
 from yolov4_jax.data import sources, synthetic
-from yolov4_jax.nms import Detections
+from yolov4_jax.detection.nms import Detections
 
 NAMES = ("cat", "dog", "bird")
 

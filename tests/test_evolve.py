@@ -258,9 +258,24 @@ def test_set_of_a_searched_field_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["demo", "test_tiny"])
 def test_committed_searches_load(name):
+    """Generation 0 starts from the base config's values, and every candidate's genes are in
+    their bounds and land in the config it trains."""
     search = genetic.load_search(os.path.join(evolve.ROOT, "configs", "evolve", f"{name}.py"))
-    for candidate in genetic.generation_candidates(search, 0, []):
-        ablate.make_config(search.base, candidate, 0, {})
+    candidates = genetic.generation_candidates(search, 0, [])
+    assert len(candidates) == search.population and candidates[0] == search.start
+    assert len({genetic.identity(c) for c in candidates}) == len(candidates)  # all different
+    genes = {g.key: g for g in search.genes}
+    for candidate in candidates:
+        assert set(candidate) == set(genes)
+        config = ablate.make_config(search.base, candidate, 0, {})
+        for key, value in candidate.items():
+            gene = genes[key]
+            if gene.kind == "choice":
+                assert genetic.canon(value) in {genetic.canon(c) for c in gene.choices}, key
+            else:
+                assert gene.lo <= value <= gene.hi, (key, value)
+            group, field = key.split(".")
+            assert genetic.canon(config[group][field]) == genetic.canon(value), key
 
 
 def test_end_to_end_with_real_training(tmp_path, tiny_data_dir):

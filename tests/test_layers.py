@@ -1,6 +1,6 @@
 """The layers' numerics: Mish, the fused BatchNorm + activation (plain and CmBN) with their
 written-out backward passes, the separable max-pool, and the canonical convolution gradients
-(models/conv.py), each against its textbook form or autodiff (float64 where rounding matters)."""
+(ops/conv.py), each against its textbook form or autodiff (float64 where rounding matters)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax.models import conv, layers, specs
+from yolov4_jax.models import layers, specs
+from yolov4_jax.ops import conv
 
 
 def test_mish_matches_the_textbook_form_and_darknets_threshold():

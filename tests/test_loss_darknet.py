@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax import losses
+from yolov4_jax.detection import losses
 from yolov4_jax.models import specs
 
 CANVAS = 64

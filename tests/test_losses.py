@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax import losses
-from yolov4_jax import targets as targets_lib
+from yolov4_jax.detection import losses
+from yolov4_jax.detection import targets as targets_lib
 from yolov4_jax.models import specs
 
 CANVAS = (32, 32)

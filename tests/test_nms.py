@@ -1,4 +1,4 @@
-"""Tests for yolov4_jax.nms on hand-built cases (IoU arithmetic in the comments)."""
+"""Tests for yolov4_jax.detection.nms on hand-built cases (IoU arithmetic in the comments)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax.nms import Detections, nms
+from yolov4_jax.detection.nms import Detections, nms
 
 KINDS = ["greedy", "diou"]
 
@@ -207,7 +207,7 @@ def test_matches_reference_loop(kind: str) -> None:
 def test_nms_options_follow_the_last_yolo_layer_as_darknet():
     import dataclasses
 
-    from yolov4_jax.inference import nms_options_for
+    from yolov4_jax.evaluation.prediction import nms_options_for
     from yolov4_jax.models import specs
 
     head = specs.Yolo(mask=(0,), anchors=((10.0, 10.0),))

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from yolov4_jax import optim
 from yolov4_jax.models import Network, specs
+from yolov4_jax.training import optim
 
 
 def base_config():

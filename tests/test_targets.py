@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax import targets as targets_lib
+from yolov4_jax.detection import targets as targets_lib
 from yolov4_jax.models import specs
 
 CANVAS = (64, 64)  # (H, W) pixels

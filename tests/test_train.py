@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from configs import test_tiny
-from yolov4_jax import losses, optim, train
+from yolov4_jax import training
+from yolov4_jax.detection import losses, sat
 from yolov4_jax.models import factory, layers
+from yolov4_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +27,7 @@ def test_cmbn_first_micro_batch_equals_batchnorm():
     bn = layers.BatchNorm()
     variables = bn.init(jax.random.key(1), x, False)
     plain, _ = bn.apply(variables, x, False, mutable=["batch_stats"])
-    cmbn = train.zero_cmbn(variables["batch_stats"])
+    cmbn = training.zero_cmbn(variables["batch_stats"])
     cross, _ = bn.apply({**variables, "cmbn": cmbn}, x, False, mutable=["batch_stats", "cmbn"])
     np.testing.assert_allclose(cross, plain, rtol=1e-4, atol=1e-4)
 
@@ -39,7 +41,7 @@ def test_cmbn_accumulates_statistics_over_micro_batches():
     ]
     bn = layers.BatchNorm()
     variables = bn.init(jax.random.key(1), xs[0], False)
-    cmbn = train.zero_cmbn(variables["batch_stats"])
+    cmbn = training.zero_cmbn(variables["batch_stats"])
     for k, x in enumerate(xs):
         y, new = bn.apply({**variables, "cmbn": cmbn}, x, False, mutable=["batch_stats", "cmbn"])
         cmbn = new["cmbn"]
@@ -63,7 +65,7 @@ def _setup(**overrides):
         global_batch_size=config.data.batch_size,
         total_steps=config.optim.max_batches,
     )
-    state = train.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    state = training.create_train_state(model, config, tx, jax.random.PRNGKey(0))
     return config, model, tx, schedule, state
 
 
@@ -92,7 +94,7 @@ def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
     results = []
     for bn in ("bn", "cmbn"):
         config, model, tx, schedule, state = _setup(**{"train.bn": bn, "optim.subdivisions": 1})
-        step = train.make_train_step(model, config, tx, schedule)
+        step = training.make_train_step(model, config, tx, schedule)
         new_state, metrics = step(state, batch)
         results.append((new_state.params, float(metrics["total"])))
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)
@@ -112,7 +114,7 @@ def test_cmbn_train_step_accumulates_over_two_micro_batches(unroll):
     for bn in ("bn", "cmbn"):
         overrides = {"train.bn": bn, "optim.subdivisions": 2, "train.unroll_subdivisions": unroll}
         config, model, tx, schedule, state = _setup(**overrides)
-        step = train.make_train_step(model, config, tx, schedule)
+        step = training.make_train_step(model, config, tx, schedule)
         for name, batch in (("same", same), ("different", base)):
             new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)  # step donates
             losses[bn, name] = float(metrics["total"])
@@ -139,7 +141,7 @@ def test_accumulating_two_equal_micro_batches_equals_one_step_on_one():
             config.optim, global_batch_size=8, total_steps=config.optim.max_batches
         )
         state = state.replace(opt_state=tx.init(state.params))
-        step = train.make_train_step(model, config, tx, schedule)
+        step = training.make_train_step(model, config, tx, schedule)
         for _ in range(2):  # twice, so momentum carries the accumulated gradient too
             state, metrics = step(state, batch)
         params[subdivisions] = state.params
@@ -157,14 +159,14 @@ def test_accumulating_two_equal_micro_batches_equals_one_step_on_one():
 def test_ema_follows_the_weights_and_is_what_evaluation_uses():
     config, model, tx, schedule, state = _setup(**{"optim.ema": True, "optim.ema_warmup_steps": 0})
     config.optim.ema_decay = 0.5
-    step = train.make_train_step(model, config, tx, schedule)
+    step = training.make_train_step(model, config, tx, schedule)
     before = jax.tree.map(np.asarray, state.params)
     state, _ = step(state, _batch())
     after = jax.tree.map(np.asarray, state.params)
     ema = jax.tree.map(np.asarray, state.ema_params)
     for p0, p1, e in zip(*(jax.tree.leaves(t) for t in (before, after, ema)), strict=True):
         np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, rtol=1e-5, atol=1e-7)
-    assert train.eval_variables(state)["params"] is state.ema_params
+    assert training.eval_variables(state)["params"] is state.ema_params
 
 
 def test_mixed_precision_step_keeps_float32_weights_and_statistics():
@@ -175,7 +177,7 @@ def test_mixed_precision_step_keeps_float32_weights_and_statistics():
         config, model, tx, schedule, state = _setup(
             **{"model.dtype": dtype, "optim.subdivisions": 1}
         )
-        step = train.make_train_step(model, config, tx, schedule)
+        step = training.make_train_step(model, config, tx, schedule)
         new_state, metrics = step(state, batch)
         out[dtype] = (new_state, float(metrics["total"]))
     state16, loss16 = out["bfloat16"]
@@ -201,7 +203,7 @@ def test_tiny_batch_overfits():
             "model.bn_momentum": 0.9,  # running statistics settled within the 150 steps
         }
     )
-    step = train.make_train_step(model, config, tx, schedule, max_traces=1)
+    step = training.make_train_step(model, config, tx, schedule, max_traces=1)
     batch = _batch(batch=4)
     totals = []
     for _ in range(150):
@@ -210,10 +212,11 @@ def test_tiny_batch_overfits():
     assert totals[-1] < 0.05 * totals[0], totals[::10]
     # The loss never reaches zero (objectness over every cell), so check what it learned: on
     # its training images the best detection is the square, of its class, tightly.
-    from yolov4_jax import boxes, inference
+    from yolov4_jax.detection import boxes
+    from yolov4_jax.evaluation import prediction
 
-    predict = inference.make_predict_fn(model, inference.NmsOptions(score_threshold=0.05))
-    detections = predict(train.eval_variables(state), batch["image"])
+    predict = prediction.make_predict_fn(model, prediction.NmsOptions(score_threshold=0.05))
+    detections = predict(training.eval_variables(state), batch["image"])
     top_box = np.asarray(detections.boxes[:, 0])
     assert np.asarray(detections.valid[:, 0]).all()
     np.testing.assert_array_equal(detections.classes[:, 0], batch["labels"][:, 0])
@@ -224,7 +227,7 @@ def test_tiny_batch_overfits():
 
 def test_step_is_traced_once_per_input_shape():
     config, model, tx, schedule, state = _setup()
-    step = train.make_train_step(model, config, tx, schedule, max_traces=2)
+    step = training.make_train_step(model, config, tx, schedule, max_traces=2)
     for size in (64, 64, 96, 64, 96):
         state, _ = step(state, _batch(size=size))
     assert step._cache_size() == 2
@@ -237,7 +240,7 @@ def test_sat_keeps_images_in_range_and_lowers_confidence():
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     images = _batch()["image"].astype(jnp.float32) / 255.0
     options = losses.loss_options(config.loss)
-    adversarial = train.sat_images(model, variables, images, model.heads, options, 0.05)
+    adversarial = sat.sat_images(model, variables, images, model.heads, options, 0.05)
 
     def max_objectness(x):
         outputs = model.apply(variables, x, train=False)
@@ -254,7 +257,7 @@ def test_sat_runs_inside_the_step_after_burn_in():
     config, model, tx, schedule, state = _setup(
         **{"train.sat": True, "train.sat_prob": 1.0, "optim.burn_in": 0}
     )
-    step = train.make_train_step(model, config, tx, schedule)
+    step = training.make_train_step(model, config, tx, schedule)
     state, metrics = step(state, _batch())
     assert float(metrics["sat"]) == 1.0
     assert bool(metrics["finite"])
@@ -273,7 +276,7 @@ def test_sat_stage_two_trains_on_the_adversarial_images():
             **{"train.sat_prob": 1.0, "optim.burn_in": 0, **overrides}
         )
         state = state.replace(step=jnp.asarray(config.optim.max_batches // 2, state.step.dtype))
-        step = train.make_train_step(model, config, tx, schedule)
+        step = training.make_train_step(model, config, tx, schedule)
         new_state, metrics = step(state, _batch())
         losses_by[name] = (float(metrics["total"]), jax.tree.leaves(new_state.params)[0])
     assert losses_by["zero_step"][0] == pytest.approx(losses_by["off"][0], rel=1e-6)
@@ -283,7 +286,7 @@ def test_sat_stage_two_trains_on_the_adversarial_images():
 
 def test_non_finite_update_is_skipped():
     config, model, tx, schedule, state = _setup(**{"optim.learning_rate": 1e30, "optim.burn_in": 0})
-    step = train.make_train_step(model, config, tx, schedule)
+    step = training.make_train_step(model, config, tx, schedule)
     finite = []
     for _ in range(4):
         previous = jax.tree.map(np.asarray, state.params)
@@ -301,15 +304,15 @@ def test_one_device_and_eight_devices_give_the_same_update():
         """
         import jax, numpy as np
         import test_train as t
-        from yolov4_jax import train
+        from yolov4_jax import training
         assert jax.device_count() == 8, jax.devices()
         updates = []
-        for mesh in (None, train.make_mesh()):
+        for mesh in (None, training.make_mesh()):
             config, model, tx, schedule, state = t._setup(**{"optim.subdivisions": 2})
-            step = train.make_train_step(model, config, tx, schedule, mesh)
+            step = training.make_train_step(model, config, tx, schedule, mesh)
             batch = t._batch(batch=16)
             if mesh is not None:
-                batch = train.global_batch(jax.device_get(batch), mesh)
+                batch = training.global_batch(jax.device_get(batch), mesh)
                 replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
                 state = jax.device_put(state, replicated)
             state, metrics = step(state, batch)
@@ -336,7 +339,7 @@ def _cbn_layer(compensate, history=2):
     conv = layers.ConvBN(specs.Conv(4, 3, 1, 1, batch_normalize=True, activation="linear"))
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     variables = conv.init(jax.random.key(1), x, False)
-    cbn = train.zero_cbn(variables["params"], history, compensate)
+    cbn = training.zero_cbn(variables["params"], history, compensate)
     return conv, variables, cbn
 
 
@@ -410,7 +413,7 @@ def test_cbn_window_counts_updates_not_micro_batches():
     config, model, tx, schedule, state = _setup(
         **{"train.bn": "cbn", "train.cbn_window": 3, "optim.subdivisions": 2}
     )
-    step = train.make_train_step(model, config, tx, schedule)
+    step = training.make_train_step(model, config, tx, schedule)
     assert model.layers[0].stride == 2 and model.layers[0].padding == 1
     newest = []
     for k in range(3):

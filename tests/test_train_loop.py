@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import test_tiny
-from yolov4_jax import train
+from yolov4_jax import training
+from yolov4_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def _run(workdir, tmp_data, stop_at_step=None, **overrides):
     for key, value in overrides.items():
         group, field = key.split(".")
         config[group][field] = value
-    return train.train_and_evaluate(config, str(workdir), stop_at_step=stop_at_step)
+    return training.train_and_evaluate(config, str(workdir), stop_at_step=stop_at_step)
 
 
 def _losses(workdir):
@@ -71,7 +72,7 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_di
     assert again["AP50"] == pytest.approx(metrics["eval/AP50"], abs=1e-6)
     # --dtype and --conv_algorithm replace the checkpoint's: oneMKL's float32 products give
     # the same AP up to float32 rounding; its bfloat16 ones a finite one.
-    from yolov4_jax import cpu_gemm
+    from yolov4_jax.ops import cpu_gemm
 
     if cpu_gemm.available():
         run = dict(workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45)
@@ -133,7 +134,7 @@ def _sigterm_at_batch(monkeypatch, k):
     import signal
 
     calls = {"n": 0}
-    real = train.global_batch
+    real = training.global_batch
 
     def global_batch(local, mesh):
         calls["n"] += 1
@@ -141,8 +142,8 @@ def _sigterm_at_batch(monkeypatch, k):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(local, mesh)
 
-    monkeypatch.setattr(train, "global_batch", global_batch)
-    return lambda: monkeypatch.setattr(train, "global_batch", real)
+    monkeypatch.setattr(loop, "global_batch", global_batch)  # as the loop calls it
+    return lambda: monkeypatch.setattr(loop, "global_batch", real)
 
 
 def _saved_state(workdir):

@@ -1,4 +1,4 @@
-"""Winograd's 3x3 convolutions (models/winograd.py): values and both gradients equal the direct
+"""Winograd's 3x3 convolutions (ops/winograd.py): values and both gradients equal the direct
 convolution's (float64), inside scan too; `conv2d` picks them as `algorithm` says; a network
 with them equals one without."""
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from tests.test_models import _config
-from yolov4_jax.models import conv, factory, winograd
-from yolov4_jax.models.conv import _NHWC
+from yolov4_jax.models import factory
+from yolov4_jax.ops import conv, winograd
+from yolov4_jax.ops.conv_gradients import NHWC as _NHWC
 
 
 def _direct(x, kernel):
@@ -143,16 +144,16 @@ def test_a_network_with_winograd_layers_equals_the_direct_one():
 
 
 def test_prepared_kernel_transforms_give_the_same_detections():
-    # inference.prepare_variables stores U = G g G^T of the layers that take Winograd's form;
+    # prediction.prepare_variables stores U = G g G^T of the layers that take Winograd's form;
     # the network then reads them instead of transforming its kernels on every call.
-    from yolov4_jax import inference
+    from yolov4_jax.evaluation import prediction
     from yolov4_jax.models import specs
 
     images = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3))
     model = factory.create_model(_config(conv_algorithm="winograd"))
     variables = model.init(jax.random.key(1), images)
     assert "winograd" not in variables  # init makes every collection mutable
-    prepared = inference.prepare_variables(model, variables)
+    prepared = prediction.prepare_variables(model, variables)
     transforms = prepared["winograd"]
     same_3x3 = [
         i
@@ -173,7 +174,7 @@ def test_prepared_kernel_transforms_give_the_same_detections():
     for got, want in zip(apply(direct, prepared), apply(direct, variables), strict=True):
         np.testing.assert_array_equal(got, want)
     auto = model.clone(conv_algorithm="auto")
-    assert inference.prepare_variables(auto, variables) is variables
+    assert prediction.prepare_variables(auto, variables) is variables
     with pytest.raises(ValueError, match="transformed 3x3 kernel"):
         winograd.conv2d_transformed(jnp.ones((1, 4, 4, 3)), jnp.ones((16, 2, 5)))
 

@@ -1,40 +1,16 @@
 """YOLOv4 in JAX/Flax.
 
-Importing the package sets one XLA:CPU default (before JAX starts its backend): YNNPACK
-fusions for reductions only (``--xla_cpu_experimental_ynn_fusion_type=reduce``). jaxlib 0.10
-also sends the convolutions to YNNPACK by default, which on the project's CPU ran YOLOv4's
-forward pass 1.5x and its training step 1.14x slower than XLA's own convolutions; YNNPACK's
-reductions, on the other hand, replace XLA:CPU's rewrite of every long reduction into a tree
-of 32-row reduce-windows, which made BatchNorm's statistics slow: with them YOLOv4's training
-step was 7% faster and compiled 16% faster, the demo's 11% faster (docs/benchmarks.md). The
-flag is read by the CPU compiler only; GPUs and TPUs are unaffected. It is appended to
-``XLA_FLAGS`` unless ``XLA_FLAGS`` already names it, ``YOLOV4_JAX_XLA_DEFAULTS=0`` is set, or
-jaxlib is older than 0.10 (where the flag may not exist and XLA would reject it).
+The top level holds the programs (`main`, `detect`, `evaluate`, `anchors`); each sub-package
+is one concern: `models`, `detection` (boxes, targets, the loss, decoding, NMS, SAT), `training`,
+`evaluation` (COCO AP and prediction), `data`, `darknet` (cfg and weights interop), `cli` (what
+the programs share) and `ops` (the convolution dispatch and everything CPU-specific).
+docs/architecture.md maps them.
 
-The training program (`yolov4_jax.main`) also restarts itself with glibc's huge-page malloc
-tunable (`yolov4_jax.hostmem`); importing the package does not.
+Importing the package sets one XLA:CPU default before JAX starts its backend
+(`yolov4_jax.ops.xla_flags`); the training program also restarts itself with glibc's
+huge-page malloc tunable (`yolov4_jax.ops.hostmem`); importing the package does not.
 """
 
-from __future__ import annotations
+from yolov4_jax.ops import xla_flags
 
-import importlib.metadata
-import os
-
-YNN_REDUCE_ONLY = "--xla_cpu_experimental_ynn_fusion_type=reduce"
-
-
-def _xla_cpu_defaults() -> None:
-    if os.environ.get("YOLOV4_JAX_XLA_DEFAULTS", "1") == "0":
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_experimental_ynn_fusion_type" in flags:
-        return
-    try:
-        major, minor = (int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return
-    if (major, minor) >= (0, 10):
-        os.environ["XLA_FLAGS"] = f"{flags} {YNN_REDUCE_ONLY}".strip()
-
-
-_xla_cpu_defaults()
+xla_flags.apply()

@@ -29,7 +29,10 @@ import sys
 import ml_collections
 import numpy as np
 
+from yolov4_jax import cli
+from yolov4_jax.darknet import parse_cfg
 from yolov4_jax.data import augment, sources
+from yolov4_jax.models import factory, specs
 
 INITS = ("kmeans++", "random")
 
@@ -197,15 +200,9 @@ def model_anchors(model_config: ml_collections.ConfigDict) -> tuple[np.ndarray, 
     ``config.model.anchors`` when set, else the variant's own (a cfg model: its [yolo] layers).
     yolov4-tiny's heads use 5 of its 6 anchors (anchor 0 is in no mask).
     """
-    from yolov4_jax.models import specs
-
     if model_config.name == "cfg":
-        from yolov4_jax.darknet import parse_cfg
-
         _, layers = parse_cfg(model_config.cfg_path)
     else:
-        from yolov4_jax.models import factory
-
         layers = factory.model_layers(model_config)
     heads = [layer for layer in layers if isinstance(layer, specs.Yolo)]
     used = np.unique(np.array([a for h in heads for a in h.head_anchors], np.float64), axis=0)
@@ -305,8 +302,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     from absl import flags
-
-    from yolov4_jax import cli
 
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])

@@ -12,9 +12,9 @@ drawn) and ``DIR/<stem>.json``: a list of ``{"box": [x1, y1, x2, y2], "score", "
 
 Each image is resized to the network input, stretched as darknet's detector does by default
 (``--letterbox`` keeps its aspect ratio and pads with grey), then decoded and suppressed by the
-shared `yolov4_jax.inference` predict function, which compiles once per input size.
+shared `yolov4_jax.evaluation.prediction` predict function, which compiles once per input size.
 ``--dtype bfloat16 --conv-algorithm mkl`` computes the convolutions in bfloat16 on the CPU's
-bf16 units through Intel oneMKL (`yolov4_jax.cpu_gemm`, ``pip install mkl``); outputs,
+bf16 units through Intel oneMKL (`yolov4_jax.ops.cpu_gemm`, ``pip install mkl``); outputs,
 decoding and NMS stay float32.
 An image that cannot be read is reported with its path and skipped; the command then exits 1.
 """
@@ -33,12 +33,12 @@ import cv2
 import numpy as np
 
 from yolov4_jax import darknet
-from yolov4_jax.cpu_gemm import CpuGemmError
 from yolov4_jax.data.augment import Sample, empty_boxes, resize_to_canvas
 from yolov4_jax.data.formats import DataError, read_names
+from yolov4_jax.data.names import COCO_NAMES
 from yolov4_jax.data.pipeline import boxes_to_original
 from yolov4_jax.data.preview import annotate
-from yolov4_jax.inference import (
+from yolov4_jax.evaluation.prediction import (
     NmsOptions,
     make_predict_fn,
     nms_options_for,
@@ -46,8 +46,9 @@ from yolov4_jax.inference import (
     with_compute,
 )
 from yolov4_jax.models import Network, output_shapes
-from yolov4_jax.models.conv import CONV_ALGORITHMS
-from yolov4_jax.names import COCO_NAMES
+from yolov4_jax.ops.conv import CONV_ALGORITHMS
+from yolov4_jax.ops.cpu_gemm import CpuGemmError
+from yolov4_jax.training import checkpoints
 
 
 class DetectError(ValueError):
@@ -294,8 +295,6 @@ def load_model(args: argparse.Namespace) -> tuple[Network, Any, tuple[int, int] 
     if args.workdir:
         if args.cfg or args.weights:
             raise DetectError("pass either --workdir or --cfg with --weights, not both")
-        from yolov4_jax import checkpoints
-
         try:
             config, model, variables, names = checkpoints.load_for_inference(
                 args.workdir, args.checkpoint

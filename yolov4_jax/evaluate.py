@@ -37,10 +37,12 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import cli, darknet, data, evaluation, inference
+from yolov4_jax import cli, darknet, data, evaluation
 from yolov4_jax.darknet import weights as darknet_weights
+from yolov4_jax.evaluation import prediction
 from yolov4_jax.models import Network, factory
-from yolov4_jax.models.conv import CONV_ALGORITHMS
+from yolov4_jax.ops.conv import CONV_ALGORITHMS
+from yolov4_jax.training import checkpoints
 
 
 def _random_variables(model: Network, seed: int) -> Any:
@@ -125,14 +127,12 @@ def run(
     if workdir:
         if cfg or weights:
             raise ValueError("pass either --workdir or --cfg/--weights, not both")
-        from yolov4_jax import checkpoints
-
         _, model, variables, _ = checkpoints.load_for_inference(workdir, checkpoint)
     else:
         model, variables = load_model(
             config, cfg=cfg, weights=weights, num_classes=info.num_classes
         )
-    model = inference.with_compute(model, dtype, conv_algorithm)
+    model = prediction.with_compute(model, dtype, conv_algorithm)
     if not model.heads:
         raise ValueError("the model has no [yolo] layers, so it is not a detector")
     if model.heads[0].classes != info.num_classes:
@@ -141,13 +141,13 @@ def run(
             f"{info.num_classes}"
         )
     _check_canvas(model, config)
-    options = inference.nms_options_for(
+    options = prediction.nms_options_for(
         model.heads,
         score_threshold=thresh,
         iou_threshold=nms_thresh,
         max_detections=max_detections,
     )
-    predict = inference.make_predict_fn(model, options)
+    predict = prediction.make_predict_fn(model, options)
     if jax.device_count() > 1:
         batch = config.data.eval_batch_size or config.data.batch_size
         if batch % jax.device_count():
@@ -157,7 +157,7 @@ def run(
         )
     return evaluation.evaluate(
         predict,
-        inference.prepare_variables(model, variables),  # Winograd transforms, kernel dtype
+        prediction.prepare_variables(model, variables),  # Winograd transforms, kernel dtype
         config,
         split=split,
         class_names=info.class_names,

@@ -1,7 +1,7 @@
 """Entry point: `python -m yolov4_jax.main --config=configs/X.py --workdir=DIR`.
 
 Any config field can be overridden: `--config.optim.max_batches=100 --config.loss.box_loss=giou`.
-Training resumes from DIR's checkpoints; see `yolov4_jax.train.train_and_evaluate`.
+Training resumes from DIR's checkpoints; see `yolov4_jax.training.train_and_evaluate`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import cli, hostmem
+from yolov4_jax import cli
+from yolov4_jax.ops import hostmem
 
 
 def _define_flags():
@@ -43,14 +44,14 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    from yolov4_jax import train
+    from yolov4_jax import training
 
-    metrics = train.train_and_evaluate(config, workdir_flag.value)
+    metrics = training.train_and_evaluate(config, workdir_flag.value)
     if metrics and jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/AP/" not in k))
 
 
 if __name__ == "__main__":
-    hostmem.apply_defaults()  # may restart the program, so first (see yolov4_jax.hostmem)
+    hostmem.apply_defaults()  # may restart the program, so first (see yolov4_jax.ops.hostmem)
     _FLAGS = _define_flags()
     cli.run(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from yolov4_jax.models import specs
+from yolov4_jax.models.network import output_shapes
 
 
 def scale_width(filters: int, width: float, divisor: int = 8) -> int:
@@ -32,8 +33,6 @@ class Builder:
 
     def channels(self, index: int) -> int:
         """Output channels of layer `index`."""
-        from yolov4_jax.models.network import output_shapes
-
         return output_shapes(self.layers[: index + 1], 64, 64)[index][2]
 
     def add(self, spec: specs.Spec) -> int:

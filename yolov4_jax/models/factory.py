@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from yolov4_jax import darknet
 from yolov4_jax.models import csp, cspresnext, tiny, yolov4
 from yolov4_jax.models import layers as layers_lib
 from yolov4_jax.models.network import Network
@@ -152,8 +153,6 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
             f"got {model_config.conv_algorithm!r}"
         )
     if model_config.name == "cfg":
-        from yolov4_jax import darknet
-
         _check_switches(model_config)
         return darknet.model_from_cfg(
             model_config.cfg_path,

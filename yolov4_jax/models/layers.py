@@ -10,8 +10,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from yolov4_jax.models import specs, winograd
-from yolov4_jax.models.conv import (  # noqa: F401 (re-exported)
+from yolov4_jax.models import specs
+from yolov4_jax.ops import winograd
+from yolov4_jax.ops.conv import (  # noqa: F401 (re-exported)
     CONV_ALGORITHMS,
     CONV_GRADIENTS,
     after,
@@ -288,7 +289,7 @@ class ConvBN(nn.Module):
 
     def _winograd_prepared(self, x, kernel) -> jax.Array | None:
         """The convolution through the kernel's Winograd transform, when the variables carry
-        it (collection "winograd", `inference.prepare_variables`) and the layer takes
+        it (collection "winograd", `prediction.prepare_variables`) and the layer takes
         Winograd's algorithm (`winograd.tile`); with that collection mutable, the transform is
         stored for such layers. Inference only: no gradient reaches the kernel through a
         stored transform."""

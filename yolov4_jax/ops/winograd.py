@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolov4_jax.models.conv import after
+from yolov4_jax.ops.conv_gradients import after
 
 TILES = (2, 4)
 
@@ -76,7 +76,7 @@ def tile(
 
     With ``auto`` (`conv2d`'s "auto"): 2 only on the CPU backend, in float32, for layers with
     at least 128 input channels and, unless the kernel's transform is ready
-    (``kernel_ready``: computed beforehand for inference, `inference.prepare_variables`), at
+    (``kernel_ready``: computed beforehand for inference, `prediction.prepare_variables`), at
     least 144 tiles of 2 x 2 per image (maps of 24 x 24 and up); else 0. On XLA:CPU the
     batched products run at 100-190 GFLOP/s against the direct convolution's 160-210, so the
     2.25x fewer multiplications pay where the products are large; on the 13 x 13 maps of
@@ -231,7 +231,7 @@ def _product(v, u):
 
 def conv2d_transformed(x: jax.Array, transformed: jax.Array, m: int = 2) -> jax.Array:
     """`winograd_conv2d` with the kernel's transform U (`filter_transform`) given: for
-    inference, where it is computed once (`inference.prepare_variables`). No gradient is
+    inference, where it is computed once (`prediction.prepare_variables`). No gradient is
     defined for U's kernel: the kernel is not an input here."""
     if transformed.shape[0] != (m + 2) ** 2 or transformed.shape[1] != x.shape[3]:
         raise ValueError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from yolov4_jax.boxes import xywh_to_xyxy
+from yolov4_jax.detection.boxes import xywh_to_xyxy
 
 Array = jax.Array
 

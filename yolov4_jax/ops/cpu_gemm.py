@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolov4_jax.ops import conv_gradients
+
 SOURCE = Path(__file__).with_name("cpu_gemm.cc")
 # (operation, dtype) -> (XLA target name, handler symbol in cpu_gemm.cc)
 _HANDLERS = {
@@ -185,17 +187,17 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 
 def _conv2d_bwd(stride, padding, residuals, grad):
-    from yolov4_jax.models import conv  # the models import this module lazily
-
     x, kernel = residuals
     grad = grad.astype(x.dtype)
     grad_kernel = filter_gradient(x, grad, kernel.shape[:2], stride, padding)
-    kernel = conv.after(kernel, grad)  # its flips and transposes when the gradient exists
+    kernel = conv_gradients.after(kernel, grad)  # its flips and transposes when the gradient exists
 
     def correlate(g, taps, pads):
         return _conv(g, taps, 1, pads)
 
-    grad_x = conv.input_gradient(grad, kernel, stride, padding, x.shape[1:3], correlate=correlate)
+    grad_x = conv_gradients.input_gradient(
+        grad, kernel, stride, padding, x.shape[1:3], correlate=correlate
+    )
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from yolov4_jax.models import factory
+
 
 class Checkpointer:
     def __init__(self, workdir: str, *, best_metric: str = "AP", keep: int = 1):
@@ -131,8 +133,6 @@ def load_for_inference(workdir: str, which: str = "best"):
     and the ``which`` ("best" or "latest") checkpoint; the dataset itself is not needed.
     """
     import ml_collections
-
-    from yolov4_jax.models import factory
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     paths = [os.path.join(workdir, name) for name in ("config.json", "dataset.json")]

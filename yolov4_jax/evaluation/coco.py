@@ -3,7 +3,7 @@
 `CocoEvaluator` is host-side NumPy: it accumulates ground truth and detections in original-image
 pixels and builds both COCO datasets in memory, so every dataset (the embedded synthetic one
 included) is scored by the same code. `evaluate` runs a ``predict(variables, images)`` function
-(`yolov4_jax.inference.make_predict_fn`) over `yolov4_jax.data.create_eval_iterator` and scores it.
+(`prediction.make_predict_fn`) over `yolov4_jax.data.create_eval_iterator` and scores it.
 
 The COCO protocol is followed as pycocotools applies it to instances_val2017.json: crowd
 annotations (``iscrowd``) are ignore regions (a detection matching one counts neither as a
@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from yolov4_jax import data
-from yolov4_jax.nms import Detections
+from yolov4_jax.detection.nms import Detections
 
 PredictFn = Callable[[Any, Any], Detections]
 
@@ -249,7 +249,7 @@ def evaluate(
 
     Args:
       predict_fn: ``predict(variables, images) -> Detections``: images uint8 [B, S, S, 3], boxes
-        normalised to that canvas (`inference.make_predict_fn`; `shard_predict_fn` for a mesh).
+        normalised to that canvas (`prediction.make_predict_fn`; `shard_predict_fn` for a mesh).
         Detections below its score threshold and beyond its ``max_detections`` are not scored;
         darknet's COCO run uses threshold .001 (``detector valid``), its mAP .005.
       variables: passed through to ``predict_fn``.

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from yolov4_jax.decode import decode_yolo
+from yolov4_jax.detection.decode import decode_yolo
+from yolov4_jax.detection.nms import Detections, nms
 from yolov4_jax.models import Network, specs
-from yolov4_jax.nms import Detections, nms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class NmsOptions:
 def nms_options_for(heads: Sequence[specs.Yolo], **overrides) -> NmsOptions:
     """NmsOptions with the cfg's nms_kind and beta_nms, as darknet reads them: only the last
     [yolo] layer's nms_kind counts; `diounms` uses its beta_nms, and `greedynms` is DIoU-NMS
-    with beta fixed at 0.6 (since AlexeyAB/darknet c7e3e2e, see `yolov4_jax.nms`)."""
+    with beta fixed at 0.6 (since AlexeyAB/darknet c7e3e2e, see `yolov4_jax.detection.nms`)."""
     head = heads[-1]
     if head.nms_kind == "diounms":
         options = NmsOptions(kind="diou", beta=head.beta_nms)

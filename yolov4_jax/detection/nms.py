@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from yolov4_jax.boxes import pairwise_diou_penalty, pairwise_iou
+from yolov4_jax.detection.boxes import pairwise_diou_penalty, pairwise_iou
 
 Array = jax.Array
 

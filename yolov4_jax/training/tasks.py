@@ -1,6 +1,6 @@
 """What the train loop needs from a task: detection (YOLOv4) or classification (backbone).
 
-`yolov4_jax.train` is one loop for both (``config.task``); a task supplies the model's data,
+`yolov4_jax.training` is one loop for both (``config.task``); a task supplies the model's data,
 loss, evaluation and end-of-run artefact:
 
 * ``batch_keys``: the training batch's arrays (split into micro-batches by the step);
@@ -16,6 +16,7 @@ import math
 import os
 from typing import Any
 
+import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,7 +25,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolov4_jax import data as data_lib
-from yolov4_jax import losses
+from yolov4_jax import evaluation
+from yolov4_jax.data import preview
+from yolov4_jax.detection import losses, sat
+from yolov4_jax.evaluation import prediction
 from yolov4_jax.models import Network, factory
 
 TASKS = ("detection", "classification")
@@ -74,10 +78,8 @@ class DetectionTask:
         return losses.yolo_loss(outputs, batch, self.heads, self.loss_options, image_hw=image_hw)
 
     def adversarial_images(self, variables, images, step_size):
-        """Self-Adversarial Training's first stage (see `yolov4_jax.train.sat_images`)."""
-        from yolov4_jax import train
-
-        return train.sat_images(
+        """Self-Adversarial Training's first stage (`yolov4_jax.detection.sat.sat_images`)."""
+        return sat.sat_images(
             self.model, variables, images, self.heads, self.loss_options, step_size
         )
 
@@ -86,14 +88,12 @@ class DetectionTask:
         return data_lib.create_train_iterator(config, **kwargs)
 
     def evaluate(self, variables, config, info, mesh: Mesh) -> dict[str, float]:
-        from yolov4_jax import evaluation, inference
-
-        predict = inference.make_predict_fn(self.model, _nms_options(config, self.heads))
+        predict = prediction.make_predict_fn(self.model, _nms_options(config, self.heads))
         if mesh.devices.size > 1:
             predict = evaluation.shard_predict_fn(predict, mesh)
         metrics = evaluation.evaluate(
             predict,
-            inference.prepare_variables(self.model, variables),  # Winograd transforms, once
+            prediction.prepare_variables(self.model, variables),  # Winograd transforms, once
             config,
             split=config.train.eval_split,
             class_names=info.class_names,
@@ -201,10 +201,8 @@ def evaluate_classifier(
 
 
 def _nms_options(config: ml_collections.ConfigDict, heads):
-    from yolov4_jax import inference
-
     tc = config.train
-    return inference.nms_options_for(
+    return prediction.nms_options_for(
         heads,
         score_threshold=tc.eval_score_threshold,
         iou_threshold=tc.eval_iou_threshold,
@@ -218,13 +216,9 @@ def _is_number(v) -> bool:
 
 def write_detections_image(model, variables, config, info, workdir: str, num: int = 8) -> str:
     """WORKDIR/detections.png: the first validation images with the model's detections."""
-    import cv2
 
-    from yolov4_jax import inference
-    from yolov4_jax.data import preview
-
-    options = inference.nms_options_for(model.heads, score_threshold=0.25)
-    predict = inference.make_predict_fn(model, options)
+    options = prediction.nms_options_for(model.heads, score_threshold=0.25)
+    predict = prediction.make_predict_fn(model, options)
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.data.eval_batch_size = num
     batch = next(data_lib.create_eval_iterator(eval_config, config.train.eval_split))

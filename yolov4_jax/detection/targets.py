@@ -23,7 +23,7 @@ Deliberate differences, all for static shapes and determinism under ``jax.jit``:
   (darknet would index out of bounds).
 * **Collisions** (several boxes on one cell and anchor): ``truth_positive`` and
   ``truth_cell`` keep every (truth, anchor) pair, and the loss adds up their box terms as
-  darknet's delta_yolo_box accumulates (`yolov4_jax.losses`). The slot-level ``box`` comes
+  darknet's delta_yolo_box accumulates (`yolov4_jax.detection.losses`). The slot-level ``box`` comes
   from the box with the highest index in the batch row (the later truth), and the class
   target is the union of the colliding boxes' classes, which is what AlexeyAB's
   ``delta_yolo_class`` produces (a second box of another class sets its class to 1 without
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolov4_jax import boxes as box_ops
+from yolov4_jax.detection import boxes as box_ops
 from yolov4_jax.models import specs
 
 Array = jax.Array

@@ -1,5 +1,5 @@
-"""Convolution with a backward pass XLA:CPU runs fast everywhere (`conv2d`,
-`canonical_conv2d`), and `after`, which keeps backward-only work out of the forward pass."""
+"""Hand-written convolution gradients that XLA:CPU runs fast (`canonical_conv2d`,
+`input_gradient`), and `after`, which keeps backward-only work out of the forward pass."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def after(value: jax.Array, grad: jax.Array) -> jax.Array:
@@ -23,79 +25,6 @@ def after(value: jax.Array, grad: jax.Array) -> jax.Array:
     return value + 0 * grad.reshape(-1)[0].astype(value.dtype)
 
 
-CONV_GRADIENTS = ("auto", "xla", "canonical")
-CONV_ALGORITHMS = ("auto", "auto_f4", "direct", "winograd", "mkl")
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def conv2d(
-    x: jax.Array,
-    kernel: jax.Array,
-    stride: int,
-    padding: int,
-    groups: int = 1,
-    gradients: str = "auto",
-    algorithm: str = "auto",
-) -> jax.Array:
-    """NHWC x HWIO convolution with symmetric zero padding.
-
-    ``algorithm`` picks how a 3x3 stride-1 convolution with padding 1 is computed (the values
-    are equal up to float rounding): "direct" is XLA's convolution; "winograd" is
-    `winograd.winograd_conv2d` with F(2x2, 3x3); "auto" is "winograd" where JAX's default
-    backend is the CPU, the compute dtype float32 and the layer one where that measured
-    faster (`winograd.tile`), and "direct" everywhere else (cuDNN and TPUs choose their own
-    algorithms); "auto_f4" is "auto" with F(4x4, 3x3) on the layers' larger maps (48 x 48 and
-    up) where the kernel is transformed in the step: on the CPU YOLOv4's training step at 416
-    was 0-6% faster (within the machine's noise), but compiled 7 s longer, peaked 0.1 GB
-    higher and rounds more (`winograd.tile`). Other convolutions are always direct, and
-    Winograd's layers have their own backward pass whatever ``gradients`` says. "mkl" (CPU
-    only, Intel oneMKL needed) runs every ungrouped convolution as image patches times the
-    kernel through oneMKL (`yolov4_jax.cpu_gemm`): in bfloat16 on the CPU's bf16 units,
-    which XLA:CPU does not use, in both passes.
-
-    ``gradients`` picks how its backward pass is expressed (the values are equal either way):
-    "xla" is autodiff of `jax.lax.conv_general_dilated`; "canonical" is `canonical_conv2d`,
-    whose input and filter gradients are themselves NHWC x HWIO convolutions; "auto" is
-    "canonical" where JAX's default backend is the CPU and "xla" elsewhere. XLA:CPU brings
-    autodiff's gradient convolutions into that form (the one its Eigen kernels take) only in
-    the program's entry computation (service/cpu/conv_canonicalization.cc): inside a
-    `lax.scan` (micro-batches) or a `lax.cond` (SAT) it runs them as naive loops, 12-45x
-    slower. Grouped convolutions always use "xla".
-    """
-    if gradients not in CONV_GRADIENTS:
-        raise ValueError(f"conv gradients must be one of {CONV_GRADIENTS}, got {gradients!r}")
-    if algorithm not in CONV_ALGORITHMS:
-        raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "mkl" and groups == 1:
-        from yolov4_jax import cpu_gemm
-
-        if jax.default_backend() != "cpu":
-            raise ValueError(
-                "conv algorithm 'mkl' runs on the CPU only; the default backend is "
-                f"{jax.default_backend()!r} (use model.conv_algorithm='auto')"
-            )
-        return cpu_gemm.conv2d(x, kernel, stride, padding)
-    from yolov4_jax.models import winograd  # imports this module's `after`
-
-    tile = winograd.layer_tile(
-        x.shape, x.dtype, kernel.shape[:2], stride, padding, groups, algorithm
-    )
-    if tile:
-        return winograd.winograd_conv2d(x, kernel, tile)
-    if gradients == "auto":
-        gradients = "canonical" if jax.default_backend() == "cpu" else "xla"
-    if gradients == "canonical" and groups == 1:
-        return canonical_conv2d(x, kernel, stride, padding)
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=_NHWC,
-        feature_group_count=groups,
-    )
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """`conv2d` whose backward pass is written as NHWC x HWIO convolutions.
@@ -108,7 +37,7 @@ def canonical_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
     (`_filter_gradient`); a 1x1 stride-1 layer's is one matrix product.
     """
     pad = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_NHWC)
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=NHWC)
 
 
 def _canonical_conv2d_fwd(x, kernel, stride, padding):
@@ -148,7 +77,7 @@ def _filter_gradient(x, grad, k, stride, padding):
         (1, 1),
         pads,
         rhs_dilation=(stride, stride),
-        dimension_numbers=_NHWC,
+        dimension_numbers=NHWC,
     )
     return kernel_grad.transpose(1, 2, 0, 3)
 
@@ -193,7 +122,7 @@ def _filter_gradient_by_phases(x, grad, k, stride, padding):
             phase = padded[:, a::s, b::s][:, : out_h + rows - 1, : out_w + cols - 1]
             phase = jax.lax.optimization_barrier(phase.transpose(3, 1, 2, 0))
             part = jax.lax.conv_general_dilated(
-                phase, as_kernel, (1, 1), "VALID", dimension_numbers=_NHWC
+                phase, as_kernel, (1, 1), "VALID", dimension_numbers=NHWC
             )
             kernel_grad = kernel_grad.at[a::s, b::s].set(part.transpose(1, 2, 0, 3))
     return kernel_grad
@@ -235,11 +164,11 @@ def input_gradient(grad, kernel, stride, padding, sizes, flip_maps=None, correla
     transpose alone, while the flips of the 13 x 13 maps fuse into their neighbours.
 
     ``correlate(grad, taps, pads)``, where given, computes each phase's stride-1 correlation
-    (per-side ``pads``) instead of XLA (`yolov4_jax.cpu_gemm`)."""
+    (per-side ``pads``) instead of XLA (`yolov4_jax.ops.cpu_gemm`)."""
     if correlate is None:
 
         def correlate(g, taps, pads):
-            return jax.lax.conv_general_dilated(g, taps, (1, 1), pads, dimension_numbers=_NHWC)
+            return jax.lax.conv_general_dilated(g, taps, (1, 1), pads, dimension_numbers=NHWC)
 
     k, n, channels = kernel.shape[0], grad.shape[0], kernel.shape[2]
     rows, row_phases = _phase_taps(sizes[0], grad.shape[1], k, stride, padding)

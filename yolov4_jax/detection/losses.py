@@ -5,7 +5,7 @@ written loss below; its *gradient* at the raw head outputs is, by default, darkn
 ``l.delta`` exactly (minus it, divided by the batch size), quirks included, which
 tests/test_loss_darknet.py checks against a NumPy port of darknet's source. Per head:
 
-* **Box**, once per (truth, anchor) pair that `yolov4_jax.targets.assign_targets` makes
+* **Box**, once per (truth, anchor) pair that `yolov4_jax.detection.targets.assign_targets` makes
   positive (the best anchor over all heads, plus every anchor above ``iou_thresh``):
   ``iou_normalizer * (1 - IoU_kind(pred, truth))`` for ``iou|giou|diou|ciou``, or for
   ``mse`` ``0.5 * iou_normalizer * (2 - w*h) * |t_pred - t_truth|^2`` in darknet's t-space
@@ -31,7 +31,7 @@ remains: Self-Adversarial Training uses exactly that to suppress detections.
 delta instead of the chain rule (``"autodiff"``, the exact gradient of the value above):
 
 * IoU family: box.c::dx_box_iou's hand-written derivative with respect to the normalised
-  (x, y, w, h), reproduced with its quirks (see `yolov4_jax.boxes.darknet_iou_delta`: w, h
+  (x, y, w, h), reproduced with its quirks (see `yolov4_jax.detection.boxes.darknet_iou_delta`: w, h
   not halved, the DIoU/CIoU distance term's sign on x, y, CIoU's aspect term without
   1/(w^2 + h^2), the unclipped intersection). delta_yolo_box multiplies the w, h parts by
   exp(tw), exp(th) (not for new_coords) and nothing else: no logistic, ``scale_x_y``, 1/grid
@@ -72,9 +72,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolov4_jax import boxes as box_ops
-from yolov4_jax import targets as targets_lib
-from yolov4_jax.decode import MAX_LOG_SCALE, decode_yolo
+from yolov4_jax.detection import boxes as box_ops
+from yolov4_jax.detection import targets as targets_lib
+from yolov4_jax.detection.decode import MAX_LOG_SCALE, decode_yolo
 from yolov4_jax.models import specs
 
 Array = jax.Array
