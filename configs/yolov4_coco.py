@@ -7,6 +7,12 @@ configs/base.py defaults. Needs COCO prepared as tfds `coco/2017` in array_recor
         --config.data.data_dir=/data/tfds
 The paper's other detector BoF items are flags: --config.train.bn=cmbn, --config.train.sat=True,
 --config.model.dropblock=0.1, --config.optim.schedule=cosine, --config.loss.label_smoothing=0.1.
+
+Expected result: the paper's YOLOv4 at 608 reaches AP 43.5 / AP50 65.7 on COCO test-dev (Table
+8); on val2017 this project's `evaluate` reports COCO's protocol (README, "Evaluate"). Expected
+time: 500.5k updates of 64 images, 32 M images; divide by the training images/s that
+`experiments/benchmark_train.py --size 608 --batch 64` prints for the device (not yet measured
+here: no accelerator has been lent to this project's sessions). Not trained to completion here.
 """
 
 from configs import base

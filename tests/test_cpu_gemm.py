@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from tests.test_models import _config
 from yolov4_jax.evaluation import prediction
 from yolov4_jax.models import factory
@@ -177,3 +178,31 @@ def test_sharded_batch_gives_the_same_values(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["ok", "8"]
+
+
+def test_bf16_advice_follows_the_cpus_measured_capability(monkeypatch, caplog):
+    amx = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})
+    epyc = frozenset({"avx512_bf16", "avx512f"})
+    assert cpu_gemm.bf16_advice("mkl", amx) is None  # the measured fast case
+    assert "without AMX" in cpu_gemm.bf16_advice("mkl", epyc)
+    assert "use model.dtype=float32" in cpu_gemm.bf16_advice("auto", epyc)
+    assert "conv_algorithm=mkl" in cpu_gemm.bf16_advice("auto", amx)
+    config = base.get_config().model
+    config.name, config.width = "yolov4_tiny", 0.25
+    config.dtype, config.conv_algorithm = "bfloat16", "mkl"
+    monkeypatch.setattr(cpu_gemm, "cpu_flags", lambda path="/proc/cpuinfo": epyc)
+    with caplog.at_level("WARNING"):
+        factory.create_model(config, num_classes=3)
+    assert "without AMX" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(cpu_gemm, "cpu_flags", lambda path="/proc/cpuinfo": amx)
+    with caplog.at_level("WARNING"):
+        factory.create_model(config, num_classes=3)
+    assert "bfloat16" not in caplog.text
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16\n\nprocessor\t: 1\n")
+    assert cpu_gemm.cpu_flags(str(info)) == {"fpu", "avx512_bf16", "amx_bf16"}
+    assert cpu_gemm.cpu_flags(str(tmp_path / "missing")) == frozenset()

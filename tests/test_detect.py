@@ -210,3 +210,20 @@ def test_bf16_convolutions_through_mkl(model_files, tmp_path, monkeypatch):
     assert seen == [(jnp.bfloat16, "mkl")]
     found = _read_json(tmp_path / "out" / "a.json")
     assert found and all(0 <= d["box"][0] <= d["box"][2] <= 80 for d in found)
+
+
+def test_flags_take_the_programs_one_style_and_the_old_dashes():
+    """Underscores, as absl's programs (main, evaluate, anchors); dashes still read."""
+    base_args = ["a.png", "--out", "o", "--cfg", "c", "--weights", "w"]
+    new = detect._parse(
+        base_args
+        + ["--nms_thresh", "0.3", "--nms_kind", "diou", "--max_detections", "7"]
+        + ["--conv_algorithm", "direct"]
+    )
+    old = detect._parse(
+        base_args
+        + ["--nms-thresh", "0.3", "--nms-kind", "diou", "--max-detections", "7"]
+        + ["--conv-algorithm", "direct"]
+    )
+    assert vars(new) == vars(old)
+    assert (new.nms_thresh, new.nms_kind, new.max_detections) == (0.3, "diou", 7)

@@ -3,8 +3,8 @@
     python -m yolov4_jax.detect --cfg yolov4.cfg --weights yolov4.weights --out DIR IMAGE...
     python -m yolov4_jax.detect --workdir WORKDIR [--checkpoint best|latest] --out DIR IMAGE...
         [--size 608 | --size 640x480] [--letterbox] [--names coco.names] [--thresh .25]
-        [--nms-thresh .45] [--nms-kind greedy|diou] [--max-detections 100]
-        [--dtype float32|bfloat16] [--conv-algorithm auto|direct|winograd|mkl]
+        [--nms_thresh .45] [--nms_kind greedy|diou] [--max_detections 100]
+        [--dtype float32|bfloat16] [--conv_algorithm auto|direct|winograd|mkl]
 
 Writes, for each image, ``DIR/<stem>.png`` (the image with its boxes, class names and scores
 drawn) and ``DIR/<stem>.json``: a list of ``{"box": [x1, y1, x2, y2], "score", "label",
@@ -13,7 +13,7 @@ drawn) and ``DIR/<stem>.json``: a list of ``{"box": [x1, y1, x2, y2], "score", "
 Each image is resized to the network input, stretched as darknet's detector does by default
 (``--letterbox`` keeps its aspect ratio and pads with grey), then decoded and suppressed by the
 shared `yolov4_jax.evaluation.prediction` predict function, which compiles once per input size.
-``--dtype bfloat16 --conv-algorithm mkl`` computes the convolutions in bfloat16 on the CPU's
+``--dtype bfloat16 --conv_algorithm mkl`` computes the convolutions in bfloat16 on the CPU's
 bf16 units through Intel oneMKL (`yolov4_jax.ops.cpu_gemm`, ``pip install mkl``); outputs,
 decoding and NMS stay float32.
 An image that cannot be read is reported with its path and skipped; the command then exits 1.
@@ -38,6 +38,8 @@ from yolov4_jax.data.formats import DataError, read_names
 from yolov4_jax.data.names import COCO_NAMES
 from yolov4_jax.data.pipeline import boxes_to_original
 from yolov4_jax.data.preview import annotate
+from yolov4_jax.evaluation import loading
+from yolov4_jax.evaluation.loading import default_size  # noqa: F401 (the notebooks use it)
 from yolov4_jax.evaluation.prediction import (
     NmsOptions,
     make_predict_fn,
@@ -48,7 +50,6 @@ from yolov4_jax.evaluation.prediction import (
 from yolov4_jax.models import Network, output_shapes
 from yolov4_jax.ops.conv import CONV_ALGORITHMS
 from yolov4_jax.ops.cpu_gemm import CpuGemmError
-from yolov4_jax.training import checkpoints
 
 
 class DetectError(ValueError):
@@ -88,14 +89,6 @@ def class_names(num_classes: int, names_file: str | None = None) -> list[str]:
     if num_classes == len(COCO_NAMES):
         return list(COCO_NAMES)
     return [f"class_{i}" for i in range(num_classes)]
-
-
-def default_size(model: Network) -> tuple[int, int] | None:
-    """(height, width) of the model's [net] section, or None when it has none."""
-    net = dict(model.net)
-    if "width" in net and "height" in net:
-        return int(net["height"]), int(net["width"])
-    return None
 
 
 def read_image(path: str) -> np.ndarray:
@@ -262,15 +255,24 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--thresh", type=float, default=0.25, help="score threshold (default: %(default)s)"
     )
     parser.add_argument(
-        "--nms-thresh", type=float, default=0.45, help="NMS IoU threshold (default: %(default)s)"
+        "--nms_thresh",
+        "--nms-thresh",
+        type=float,
+        default=0.45,
+        help="NMS IoU threshold (default: %(default)s)",
     )
     parser.add_argument(
+        "--nms_kind",
         "--nms-kind",
         choices=["greedy", "diou"],
         help="NMS overlap measure (default: the cfg's nms_kind; greedynms is DIoU-NMS)",
     )
     parser.add_argument(
-        "--max-detections", type=int, default=100, help="per image (default: %(default)s)"
+        "--max_detections",
+        "--max-detections",
+        type=int,
+        default=100,
+        help="per image (default: %(default)s)",
     )
     parser.add_argument(
         "--dtype",
@@ -278,6 +280,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="compute dtype (default: the model's; outputs are float32 either way)",
     )
     parser.add_argument(
+        "--conv_algorithm",
         "--conv-algorithm",
         choices=CONV_ALGORITHMS,
         help="model.conv_algorithm (default: the model's); mkl: oneMKL on the CPU",
@@ -285,28 +288,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_darknet(args: argparse.Namespace) -> tuple[Network, Any]:
-    """The model source of ``--cfg``/``--weights``."""
-    return darknet.load(args.cfg, args.weights)
-
-
-def load_model(args: argparse.Namespace) -> tuple[Network, Any, tuple[int, int] | None, Any]:
-    """(model, variables, default size, class names or None) from the command line's source."""
-    if args.workdir:
-        if args.cfg or args.weights:
-            raise DetectError("pass either --workdir or --cfg with --weights, not both")
-        try:
-            config, model, variables, names = checkpoints.load_for_inference(
-                args.workdir, args.checkpoint
-            )
-        except FileNotFoundError as e:
-            raise DetectError(str(e)) from None
-        side = config.data.eval_image_size or config.data.image_size
-        return model, variables, (side, side), names
-    if not (args.cfg and args.weights):
+def load_model(args: argparse.Namespace) -> loading.LoadedModel:
+    """The model of the command line's source (`loading.load_model`)."""
+    if not args.workdir and not (args.cfg and args.weights):
         raise DetectError("pass --cfg and --weights (darknet files), or --workdir")
-    model, variables = load_darknet(args)
-    return model, variables, default_size(model), None
+    return loading.load_model(
+        cfg=args.cfg, weights=args.weights, workdir=args.workdir, checkpoint=args.checkpoint
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [p for p in args.images if not os.path.isfile(p)]
         if missing:  # checked before the (slow) model load
             raise DetectError("\n".join(f"{p}: image not found" for p in missing))
-        model, variables, size, trained_names = load_model(args)
-        model = with_compute(model, args.dtype, args.conv_algorithm)
+        loaded = load_model(args)
+        variables, size, trained_names = loaded.variables, loaded.size, loaded.class_names
+        model = with_compute(loaded.model, args.dtype, args.conv_algorithm)
         size = args.size or size
         if size is None:
             raise DetectError(f"{args.cfg}: no [net] width and height; pass --size")
@@ -344,7 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             names=names,
             options=options,
         )
-    except (DetectError, DataError, darknet.CfgError, darknet.WeightsError, CpuGemmError) as e:
+    except (
+        DetectError,
+        loading.ModelSourceError,
+        DataError,
+        darknet.CfgError,
+        darknet.WeightsError,
+        CpuGemmError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for result in results:

@@ -11,11 +11,12 @@
 
 The model is a training run's checkpoint (``--workdir``; its config.json unless ``--config`` is
 given), a darknet ``--cfg`` with ``--weights``, else ``config.model`` (with the darknet
-weights of ``--weights`` or ``config.model.weights``); see `load_model`. The thresholds default to
-darknet's COCO run (``detector valid``: thresh .001, nms .6, the cfg's nms_kind). Images are
-resized to ``config.data.eval_image_size or config.data.image_size``, stretched unless
-``config.data.letterbox`` (darknet's ``letter_box=1``). Prints AP, AP50, AP75, AP by object
-size and per class (`yolov4_jax.evaluation`), and writes them as JSON to ``--out``.
+weights of ``--weights`` or ``config.model.weights``); see `loading.load_model`. The
+thresholds default to darknet's COCO run (``detector valid``: thresh .001, nms .6, the cfg's
+nms_kind). Images are resized to ``config.data.eval_image_size or config.data.image_size``,
+stretched unless ``config.data.letterbox`` (darknet's ``letter_box=1``). Prints AP, AP50,
+AP75, AP by object size and per class (`yolov4_jax.evaluation`), and writes them as JSON to
+``--out``.
 ``--dtype`` and ``--conv_algorithm`` replace the model's compute dtype and convolution
 algorithm (e.g. bfloat16 through oneMKL on the CPU, to measure what it costs in AP).
 """
@@ -28,62 +29,16 @@ import math
 import os
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import cli, darknet, data, evaluation
-from yolov4_jax.darknet import weights as darknet_weights
-from yolov4_jax.evaluation import prediction
-from yolov4_jax.models import Network, factory
+from yolov4_jax import cli, data, evaluation
+from yolov4_jax.evaluation import loading, prediction
+from yolov4_jax.models import Network
 from yolov4_jax.ops.conv import CONV_ALGORITHMS
-from yolov4_jax.training import checkpoints
-
-
-def _random_variables(model: Network, seed: int) -> Any:
-    logging.warning("no weights given: evaluating randomly initialised variables")
-    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3), jnp.float32))
-
-
-def load_model(
-    config: ml_collections.ConfigDict,
-    *,
-    cfg: str | None = None,
-    weights: str | None = None,
-    num_classes: int | None = None,
-) -> tuple[Network, Any]:
-    """The model and variables to evaluate.
-
-    A darknet ``cfg`` (or ``config.model.cfg_path`` when ``config.model.name == "cfg"``) with
-    ``weights``; otherwise `factory.create_model(config.model, num_classes)` with the darknet
-    ``weights`` (or ``config.model.weights``). No weights at all: random variables, with a warning.
-    """
-    weights = weights or config.model.weights or None
-    if cfg or config.model.name == "cfg":
-        cfg = cfg or config.model.cfg_path
-        if weights is None:
-            model = darknet.model_from_cfg(cfg)
-            return model, _random_variables(model, config.seed)
-        return darknet.load(cfg, weights)
-    model = factory.create_model(config.model, num_classes)
-    if weights is None:
-        return model, _random_variables(model, config.seed)
-    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    variables, _ = darknet_weights.read_weights(weights, model.layers, 3, None)
-    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree.leaves_with_path(template)}
-    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree.leaves_with_path(variables)}
-    if want != got:
-        wrong = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-        raise darknet.WeightsError(
-            f"{weights} does not fit config.model ({config.model.name}): {wrong[0]} is "
-            f"{got.get(wrong[0])} in the file, {want.get(wrong[0])} in the model"
-        )
-    return model, jax.tree.map(jnp.asarray, variables)
 
 
 def _check_canvas(model: Network, config: ml_collections.ConfigDict) -> None:
@@ -120,18 +75,22 @@ def run(
     dtype: str | None = None,
     conv_algorithm: str | None = None,
 ) -> dict[str, float]:
-    """Loads the model (`load_model`, or the ``checkpoint`` of a training ``workdir``) and
+    """Loads the model (`loading.load_model`: darknet files, ``config.model`` with darknet
+    weights, or the ``checkpoint`` of a training ``workdir``) and
     returns `evaluation.evaluate`'s metrics on ``split``; ``dtype`` and ``conv_algorithm``,
     where given, replace the model's (`model.dtype`, `model.conv_algorithm`)."""
     info = data.dataset_info(config)
-    if workdir:
-        if cfg or weights:
-            raise ValueError("pass either --workdir or --cfg/--weights, not both")
-        _, model, variables, _ = checkpoints.load_for_inference(workdir, checkpoint)
-    else:
-        model, variables = load_model(
-            config, cfg=cfg, weights=weights, num_classes=info.num_classes
-        )
+    loaded = loading.load_model(
+        cfg=cfg,
+        weights=weights,
+        workdir=workdir,
+        checkpoint=checkpoint,
+        config=None if workdir else config,
+        num_classes=info.num_classes,
+        allow_random=True,
+        seed=config.get("seed", 0),
+    )
+    model, variables = loaded.model, loaded.variables
     model = prediction.with_compute(model, dtype, conv_algorithm)
     if not model.heads:
         raise ValueError("the model has no [yolo] layers, so it is not a detector")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from yolov4_jax.detection.decode import decode_yolo
 from yolov4_jax.detection.nms import Detections, nms
 from yolov4_jax.models import Network, specs
+from yolov4_jax.ops import cpu_gemm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +73,15 @@ def decode_heads(
 
 def with_compute(model: Network, dtype: str | None = None, conv_algorithm: str | None = None):
     """``model`` with its compute dtype ("float32", "bfloat16") and `model.conv_algorithm`
-    replaced where given (the command lines' ``--dtype`` and ``--conv-algorithm``)."""
+    replaced where given (the command lines' ``--dtype`` and ``--conv_algorithm``)."""
     if dtype:
         model = model.clone(dtype=jnp.dtype(dtype))
     if conv_algorithm:
         model = model.clone(conv_algorithm=conv_algorithm)
+    if jnp.dtype(model.dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+        advice = cpu_gemm.bf16_advice(model.conv_algorithm)
+        if advice:
+            logging.warning("bfloat16: %s", advice)
     return model
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -9,6 +12,7 @@ from yolov4_jax import darknet
 from yolov4_jax.models import csp, cspresnext, tiny, yolov4
 from yolov4_jax.models import layers as layers_lib
 from yolov4_jax.models.network import Network
+from yolov4_jax.ops import cpu_gemm
 
 VARIANTS = ("yolov4", "yolov4_tiny", "yolov4_csp", "cspdarknet53", "cspresnext50", "cfg")
 # Classifiers (backbone pretraining, config.task == "classification").
@@ -140,8 +144,16 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
-    """A `Network` for `config.model` (a darknet cfg file when `name == "cfg"`)."""
+    """A `Network` for `config.model` (a darknet cfg file when `name == "cfg"`).
+
+    A bfloat16 model on a CPU backend logs what it was measured to cost on this kind of CPU
+    (`ops.cpu_gemm.bf16_advice`): bf16 is fast there only through oneMKL on AMX.
+    """
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+    if model_config.dtype == "bfloat16" and jax.default_backend() == "cpu":
+        advice = cpu_gemm.bf16_advice(model_config.conv_algorithm)
+        if advice:
+            logging.warning("config.model.dtype=bfloat16: %s", advice)
     if model_config.conv_gradients not in layers_lib.CONV_GRADIENTS:
         raise ValueError(
             f"config.model.conv_gradients must be one of {layers_lib.CONV_GRADIENTS}, "

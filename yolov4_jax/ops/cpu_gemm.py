@@ -120,6 +120,49 @@ def open_mkl(library: Path, mkl: str) -> ctypes.CDLL:
     return lib
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (Linux; empty where the file cannot be read)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_advice(conv_algorithm: str, flags: frozenset[str] | None = None) -> str | None:
+    """What a bfloat16 model on this CPU costs, where it is not what the user likely wants.
+
+    Measured (docs/benchmarks.md): on Sapphire Rapids (AMX-BF16) bf16 through oneMKL ran
+    YOLOv4 at 416, batch 1 in 153 ms against 240 ms in float32; on an AMD EPYC with AVX-512
+    BF16 but no AMX it ran in 448-477 ms against 155-182 ms in float32, and a 416 batch-2
+    training step took 2.93 s against 1.31-1.38 s. XLA's own bf16 converts to float32 inside
+    its kernels (399 against 240 ms on Sapphire Rapids; +20% on the training step on EPYC).
+    Returns None where bf16 through oneMKL on AMX is asked for: the measured fast case.
+    """
+    flags = cpu_flags() if flags is None else flags
+    amx = "amx_bf16" in flags
+    if conv_algorithm == "mkl":
+        if amx:
+            return None
+        return (
+            "bfloat16 through oneMKL on a CPU without AMX: measured 2.6-2.9x slower than "
+            "float32 (AMD EPYC, YOLOv4 at 416: 448-477 ms against 155-182 ms per image; "
+            "docs/benchmarks.md); float32 (model.dtype=float32) is the fast choice here"
+        )
+    return (
+        "bfloat16 with XLA's convolutions on the CPU: XLA:CPU converts them to float32, "
+        "measured 1.2-1.7x slower than float32; "
+        + (
+            "this CPU has AMX, where model.conv_algorithm=mkl ran 1.6x faster than float32"
+            if amx
+            else "use model.dtype=float32 on this CPU"
+        )
+    )
+
+
 def available() -> bool:
     """Whether `register` succeeds here (a compiler and oneMKL are present)."""
     try:

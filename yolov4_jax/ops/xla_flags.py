@@ -13,7 +13,6 @@ jaxlib is older than 0.10 (where the flag may not exist and XLA would reject it)
 This module imports neither JAX nor anything else of the package.
 """
 
-
 from __future__ import annotations
 
 import importlib.metadata
@@ -35,4 +34,3 @@ def apply() -> None:
         return
     if (major, minor) >= (0, 10):
         os.environ["XLA_FLAGS"] = f"{flags} {YNN_REDUCE_ONLY}".strip()
-
