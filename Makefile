@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test test-slow test-all lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The fast tier: every test not marked slow (about 5 minutes on 2 cores).
 test: lint
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+# The slow tier: full-size parity, notebooks, learning and end-to-end runs, benchmark harnesses.
+test-slow: venv
+	$(PY) -m pytest -q -n 2 -m slow tests
+
+test-all: test test-slow
 
 clean:
 	rm -rf $(VENV) .cache workdirs

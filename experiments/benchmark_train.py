@@ -228,14 +228,14 @@ def benchmark(args) -> dict:
         "overrides": {k: v for k, v in extra.items() if k not in ("data.batch_size",)},
         "compile_s": round(compile_s, 2),
         **({"child_compile_s": child["compile_s"]} if args.compile_in_child else {}),
-        "gflops_per_step": round(flops / 1e9, 1),
+        "gflops_per_step": float(f"{flops / 1e9:.4g}"),  # 4 significant digits
         "gb_accessed_per_step": round(bytes_accessed / 2**30, 2),
         "rss_before_compile_gb": rss_before_compile and round(rss_before_compile, 2),
     }
     memory = compiled.memory_analysis()
     if memory is not None:  # XLA's buffer assignment: what the step itself allocates
         result["xla_temp_gb"] = round(memory.temp_size_in_bytes / 2**30, 3)
-        result["xla_arguments_gb"] = round(memory.argument_size_in_bytes / 2**30, 3)
+        result["xla_arguments_gb"] = float(f"{memory.argument_size_in_bytes / 2**30:.4g}")
     if args.compile_only:
         return result
     state, metrics = compiled(state, batch)  # warm-up

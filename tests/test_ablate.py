@@ -28,6 +28,7 @@ def sweep():
 """
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_and_reports(tmp_path, tiny_data_dir, monkeypatch):
     sweep = tmp_path / "sweep.py"
     sweep.write_text(SWEEP)
@@ -126,6 +127,7 @@ def test_mean_std():
     assert all(math.isnan(v) for v in ablate._mean_std([]))
 
 
+@pytest.mark.slow
 def test_classifier_sweep_reports_top1_and_top5(tmp_path, tiny_cls_data_dir):
     sweep = tmp_path / "sweep.py"
     sweep.write_text(

@@ -99,6 +99,7 @@ def detector():
     return _init(config, 3, seed=0)
 
 
+@pytest.mark.slow
 def test_backbone_transfer_is_exact(detector):
     classifier, cvars = _init(classifier_config(), 10, seed=1)
     detector, dvars = detector
@@ -125,6 +126,7 @@ def test_backbone_transfer_rejects_a_different_backbone(detector):
         transfer.transfer_backbone(detector.layers, dvars, detector.layers, dvars)
 
 
+@pytest.mark.slow
 def test_tiny_classifier_overfits_a_tiny_set():
     config = classifier_config()
     config.optim.optimizer = "adam"
@@ -153,6 +155,7 @@ def test_tiny_classifier_overfits_a_tiny_set():
     assert float(metrics["top1"]) == 1.0
 
 
+@pytest.mark.slow
 def test_classifier_run_then_detector_starts_from_its_backbone(tmp_path, tiny_cls_data_dir):
     from configs import test_tiny_classifier
     from yolov4_jax.training import checkpoints
@@ -203,6 +206,7 @@ def test_task_and_dataset_must_agree(tmp_path, tiny_cls_data_dir):
         training.train_and_evaluate(config, str(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_detector_starts_from_a_darknet_partial_file(tmp_path, detector):
     """darknet's yolov4.conv.137 route: model.weights with weights_num_layers."""
     from yolov4_jax.darknet import weights as dw
@@ -227,6 +231,7 @@ def test_detector_starts_from_a_darknet_partial_file(tmp_path, detector):
         assert all(jax.tree.leaves(equal)) == (i < n), name
 
 
+@pytest.mark.slow
 def test_demo_classifier_learns(tmp_path):
     """configs/classifier_demo.py shortened to fit the suite (width 1/8, 48 px, 250 updates,
     the BoF off, which learns fastest in short runs): well above the 10% of chance on the
@@ -261,6 +266,7 @@ def test_demo_classifier_learns(tmp_path):
     assert metrics["eval/top5"] > 0.8, metrics
 
 
+@pytest.mark.slow
 def test_cspresnext50_classifier_runs(tmp_path, tiny_cls_data_dir):
     """A couple of steps of the train loop with model.name=cspresnext50 (csresnext50.cfg's
     leaky, width 1/8), then evaluation and the checkpoint reloads as the same network."""

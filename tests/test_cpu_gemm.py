@@ -105,6 +105,7 @@ def test_conv2d_takes_mkl_for_ungrouped_layers_only():
     assert "yolov4_conv_f32" not in grouped and "convolution" in grouped
 
 
+@pytest.mark.slow
 def test_a_network_with_mkl_convolutions_equals_the_direct_one():
     images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
     direct = factory.create_model(_config(conv_algorithm="direct"))
@@ -161,7 +162,7 @@ def test_sharded_batch_gives_the_same_values(tmp_path):
     script = (
         "import jax, jax.numpy as jnp\n"
         "from jax.sharding import NamedSharding, PartitionSpec as P\n"
-        "from yolov4_jax import cpu_gemm\n"
+        "from yolov4_jax.ops import cpu_gemm\n"
         "mesh = jax.make_mesh((8,), ('data',))\n"
         "x = jax.random.normal(jax.random.key(0), (8, 6, 6, 4))\n"
         "k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))\n"

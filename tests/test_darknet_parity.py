@@ -99,21 +99,25 @@ def _check_parity(cfg, weights_path, size: int, tolerance: float, float64: bool 
         assert np.abs(want[0] - want[1]).max() > 0.1 * np.abs(want).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [320, 416])
 def test_tiny_parity(cfgs, weights, size):
     _check_parity(cfgs["yolov4-tiny"], weights["yolov4-tiny"], size, TOLERANCE["float32"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [320, 416])
 def test_yolov4_parity(cfgs, weights, size):
     _check_parity(cfgs["yolov4"], weights["yolov4"], size, TOLERANCE["float32"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [320, 416])
 def test_csp_parity(cfgs, weights, size):
     _check_parity(cfgs["yolov4-csp"], weights["yolov4-csp"], size, TOLERANCE["float32"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_parity_in_float64_is_exact(cfgs, weights, name):
     for size in (96, 160):

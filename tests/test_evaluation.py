@@ -15,6 +15,7 @@ from configs import base
 from yolov4_jax import data, evaluation
 from yolov4_jax.data import sources, synthetic
 from yolov4_jax.detection.nms import Detections
+from yolov4_jax.evaluation import coco
 
 NAMES = ("cat", "dog", "bird")
 
@@ -171,7 +172,7 @@ def test_pycocotools_output_is_captured(capsys):
 
 def test_gather_keeps_64_bit_image_ids():
     rows = {"image_ids": np.array([2**40 + 3, -7], np.int64), "valid": np.array([True, False])}
-    gathered = evaluation._gather_rows(rows)
+    gathered = coco._gather_rows(rows)
     np.testing.assert_array_equal(gathered["image_ids"], rows["image_ids"])
     np.testing.assert_array_equal(gathered["valid"], rows["valid"])
 

@@ -278,6 +278,7 @@ def test_committed_searches_load(name):
             assert genetic.canon(config[group][field]) == genetic.canon(value), key
 
 
+@pytest.mark.slow
 def test_end_to_end_with_real_training(tmp_path, tiny_data_dir):
     workdir = tmp_path / "evolve"
     argv = [

@@ -66,6 +66,7 @@ def test_programs_define_their_flags_when_run(program, flag):
     assert flag in output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "program",
     [

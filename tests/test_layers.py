@@ -5,7 +5,6 @@ written-out backward passes, the separable max-pool, and the canonical convoluti
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -232,11 +231,9 @@ def test_input_gradient_flipping_the_maps_equals_flipping_the_kernel(size, strid
         np.testing.assert_allclose(by_maps, by_kernel, rtol=1e-12, atol=1e-12)
 
 
-def test_canonical_conv_gradients_stay_canonical_inside_scan():
-    # XLA:CPU turns convolutions into its Eigen form only in the entry computation; inside a
-    # scan body autodiff's gradient convolutions keep other dimension orders (and run as naive
-    # loops). The canonical form's are NHWC x HWIO -> NHWC wherever they are.
-
+def test_canonical_conv_gradients_inside_scan_equal_autodiffs():
+    # The two forms of model.conv_gradients inside a scan body (where XLA:CPU keeps autodiff's
+    # form; `experiments/benchmark_conv_gradients.py --xla_checks` prints its dimension labels).
     def step(kernel, images, gradients):
         def body(total, x):
             loss = lambda k: jnp.sum(conv.conv2d(x, k, 2, 1, gradients=gradients) ** 2)
@@ -244,46 +241,22 @@ def test_canonical_conv_gradients_stay_canonical_inside_scan():
 
         return jax.lax.scan(body, jnp.zeros_like(kernel), images)[0]
 
-    kernel, images = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 1, 8, 8, 4))
-    hlo = {
-        g: jax.jit(step, static_argnums=2).lower(kernel, images, g).compile().as_text()
-        for g in ("canonical", "xla")
-    }
-    labels = {g: set(re.findall(r"convolution\(.*dim_labels=([^,]+)", t)) for g, t in hlo.items()}
-    if jax.default_backend() == "cpu":
-        assert labels["canonical"] == {"b01f_01io->b01f"}
-        assert labels["xla"] - {"b01f_01io->b01f"}  # the behaviour this form works around
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    images = jax.random.normal(jax.random.key(1), (2, 1, 8, 8, 4))
     np.testing.assert_allclose(
         jax.jit(step, static_argnums=2)(kernel, images, "canonical"),
         jax.jit(step, static_argnums=2)(kernel, images, "xla"),
         rtol=1e-5,
+        atol=1e-4,
     )
 
 
-def test_after_keeps_the_value_and_makes_backward_work_wait_for_the_gradient(monkeypatch):
-    # `after` is the identity on values (NaN only from a non-finite gradient element) ...
+def test_after_keeps_the_value_and_its_gradient():
+    # `after` is the identity on values (NaN only from a non-finite gradient element) and on
+    # gradients; what it saves in XLA temp memory is benchmark output
+    # (`experiments/benchmark_conv_gradients.py --xla_checks`), not a test.
     x = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_array_equal(conv.after(x, jnp.ones(4)), x)
     assert bool(jnp.all(jnp.isnan(conv.after(x, jnp.array([jnp.nan, 1.0])))))
-
-    # ... and what it ties to the gradient is not computed during the forward pass and held:
-    # a chain of conv + BN + Mish layers needs less XLA temp memory than with it untied.
-    def loss(kernels, x):
-        for kernel in kernels:
-            x = conv.conv2d(x, kernel, 1, 1, gradients="canonical")
-            x = layers.normalize_activate(x, jnp.ones(8), jnp.zeros(8), "mish")[0]
-        return jnp.sum(x)
-
-    kernels = [jnp.full((3, 3, 3 if i == 0 else 8, 8), 0.1) for i in range(6)]
-    images = jnp.ones((2, 64, 64, 3))
-
-    def temp_bytes():
-        compiled = jax.jit(jax.grad(loss)).lower(kernels, images).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    tied = temp_bytes()
-    for module in (conv, layers):  # layers' BN backward and conv's backward
-        monkeypatch.setattr(module, "after", lambda value, grad: value)
-    untied = temp_bytes()
-    if jax.default_backend() == "cpu":  # XLA:CPU's scheduler is the one that hoists
-        assert tied < 0.8 * untied, (tied, untied)
+    grad = jax.grad(lambda v: jnp.sum(conv.after(v, jnp.ones(3)) ** 2))(x)
+    np.testing.assert_array_equal(grad, 2 * x)

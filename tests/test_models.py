@@ -219,6 +219,7 @@ def test_unknown_switch_values_are_rejected():
             factory.model_layers(_config(**overrides))
 
 
+@pytest.mark.slow
 def test_dropblock_only_in_training_and_sam_runs():
     """Real forward passes: DropBlock changes outputs in training only; SAM and weighted
     fusion produce finite outputs; BN statistics update only in training."""

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each notebook runs in a kernel of its own
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = "yolov4_jax_tests"
 CELL_TIMEOUT_S = 300

@@ -89,6 +89,7 @@ def _batch(size=64, batch=8, seed=0):
     }
 
 
+@pytest.mark.slow
 def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
     batch = _batch()
     results = []
@@ -102,6 +103,7 @@ def test_cmbn_train_step_with_one_subdivision_equals_batchnorm():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unroll", [False, True])
 def test_cmbn_train_step_accumulates_over_two_micro_batches(unroll):
     """subdivisions=2 through the real step (scan or unrolled). Micro-batch 1 normalises with
@@ -129,6 +131,7 @@ def test_cmbn_train_step_accumulates_over_two_micro_batches(unroll):
     assert losses["cmbn", "different"] != pytest.approx(losses["bn", "different"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_accumulating_two_equal_micro_batches_equals_one_step_on_one():
     """Gradient accumulation: with subdivisions=2 and two identical micro-batches (so BN sees
     the same statistics), the update is the one of a single micro-batch, at the same lr."""
@@ -169,6 +172,7 @@ def test_ema_follows_the_weights_and_is_what_evaluation_uses():
     assert training.eval_variables(state)["params"] is state.ema_params
 
 
+@pytest.mark.slow
 def test_mixed_precision_step_keeps_float32_weights_and_statistics():
     """model.dtype=bfloat16: bf16 convolutions, fp32 master weights, BN statistics and loss."""
     batch = _batch()
@@ -225,6 +229,7 @@ def test_tiny_batch_overfits():
     assert (np.asarray(detections.scores[:, 0]) > 0.5).all(), detections.scores[:, 0]
 
 
+@pytest.mark.slow
 def test_step_is_traced_once_per_input_shape():
     config, model, tx, schedule, state = _setup()
     step = training.make_train_step(model, config, tx, schedule, max_traces=2)
@@ -235,6 +240,7 @@ def test_step_is_traced_once_per_input_shape():
         step(state, _batch(size=32))  # a third shape is a third trace
 
 
+@pytest.mark.slow
 def test_sat_keeps_images_in_range_and_lowers_confidence():
     config, model, tx, schedule, state = _setup()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -263,6 +269,7 @@ def test_sat_runs_inside_the_step_after_burn_in():
     assert bool(metrics["finite"])
 
 
+@pytest.mark.slow
 def test_sat_stage_two_trains_on_the_adversarial_images():
     """The update with SAT is the plain update when the adversarial step is zero, and another
     one when it is not: stage 2 does train on the moved images."""
@@ -299,6 +306,7 @@ def test_non_finite_update_is_skipped():
     assert not all(finite)
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_update():
     script = textwrap.dedent(
         """

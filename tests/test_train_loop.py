@@ -9,12 +9,14 @@ import re
 import subprocess
 import sys
 
+import cv2
 import jax
 import numpy as np
 import pytest
 
 from configs import test_tiny
-from yolov4_jax import training
+from yolov4_jax import detect, evaluate, training
+from yolov4_jax.ops import cpu_gemm
 from yolov4_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,27 +40,33 @@ def _losses(workdir):
     return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
 
 
-def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_dir):
-    _run(tmp_path / "straight", tiny_data_dir)
-    _run(tmp_path / "resumed", tiny_data_dir, stop_at_step=2)
-    assert sorted(_losses(tmp_path / "resumed")) == [1, 2]
-    metrics = _run(tmp_path / "resumed", tiny_data_dir)
-    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, tiny_data_dir):
+    """A 4-update run straight through, and the same run stopped at 2 and resumed."""
+    root = tmp_path_factory.mktemp("resume")
+    _run(root / "straight", tiny_data_dir)
+    _run(root / "resumed", tiny_data_dir, stop_at_step=2)
+    stopped = sorted(_losses(root / "resumed"))
+    metrics = _run(root / "resumed", tiny_data_dir)
+    return root, stopped, metrics
+
+
+@pytest.mark.slow
+def test_resumed_run_follows_the_uninterrupted_trajectory(resumed_run, tmp_path, tiny_data_dir):
+    root, stopped, metrics = resumed_run
+    assert stopped == [1, 2]
+    straight, resumed = _losses(root / "straight"), _losses(root / "resumed")
     assert sorted(resumed) == [1, 2, 3, 4]
     for k in straight:
         assert resumed[k] == pytest.approx(straight[k], rel=1e-5), (k, straight, resumed)
     assert "eval/AP50" in metrics
-    assert os.path.isdir(tmp_path / "resumed" / "best")
+    assert os.path.isdir(root / "resumed" / "best")
 
     # detect and evaluate read the run's checkpoint and class names.
-    import cv2
-
-    from yolov4_jax import detect, evaluate
-
     image = tmp_path / "shapes.png"
     cv2.imwrite(str(image), np.full((50, 70, 3), 128, np.uint8))
-    args = ["--workdir", str(tmp_path / "resumed"), "--out", str(tmp_path / "det"), str(image)]
-    assert detect.main(args + ["--thresh", "0.0", "--max-detections", "3"]) == 0
+    args = ["--workdir", str(root / "resumed"), "--out", str(tmp_path / "det"), str(image)]
+    assert detect.main(args + ["--thresh", "0.0", "--max_detections", "3"]) == 0
     with open(tmp_path / "det" / "shapes.json") as f:
         found = json.load(f)
     assert len(found) == 3
@@ -67,19 +75,25 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(tmp_path, tiny_data_di
     config = test_tiny.get_config()
     config.data.data_dir = str(tiny_data_dir)
     again = evaluate.run(
-        config, workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45
+        config, workdir=str(root / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45
     )
     assert again["AP50"] == pytest.approx(metrics["eval/AP50"], abs=1e-6)
-    # --dtype and --conv_algorithm replace the checkpoint's: oneMKL's float32 products give
-    # the same AP up to float32 rounding; its bfloat16 ones a finite one.
-    from yolov4_jax.ops import cpu_gemm
 
-    if cpu_gemm.available():
-        run = dict(workdir=str(tmp_path / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45)
-        mkl = evaluate.run(config, conv_algorithm="mkl", **run)
-        assert mkl["AP50"] == pytest.approx(again["AP50"], abs=0.02)
-        bf16 = evaluate.run(config, dtype="bfloat16", conv_algorithm="mkl", **run)
-        assert np.isfinite(bf16["AP50"])
+
+@pytest.mark.slow
+def test_evaluate_replaces_the_checkpoints_compute_with_onemkl(resumed_run, tiny_data_dir):
+    """--dtype and --conv_algorithm replace the checkpoint's: oneMKL's float32 products give
+    the same AP up to float32 rounding; its bfloat16 ones a finite one."""
+    if not cpu_gemm.available():
+        pytest.skip("oneMKL or a C++ compiler is missing (pip install mkl)")
+    root, _, metrics = resumed_run
+    config = test_tiny.get_config()
+    config.data.data_dir = str(tiny_data_dir)
+    run = dict(workdir=str(root / "resumed"), max_batches=1, thresh=0.005, nms_thresh=0.45)
+    mkl = evaluate.run(config, conv_algorithm="mkl", **run)
+    assert mkl["AP50"] == pytest.approx(metrics["eval/AP50"], abs=0.02)
+    bf16 = evaluate.run(config, dtype="bfloat16", conv_algorithm="mkl", **run)
+    assert np.isfinite(bf16["AP50"])
 
 
 def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):
@@ -94,6 +108,7 @@ def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):
     assert f"last good checkpoint is step {bad - 1}" in str(e.value)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir):
     import signal
     import time
@@ -157,6 +172,7 @@ def _saved_state(workdir):
     return step, jax.tree.map(np.asarray, state["state"])
 
 
+@pytest.mark.slow
 def test_sigterm_resume_follows_the_trajectory_with_ema_cbn_and_sat(
     tmp_path, tiny_data_dir, monkeypatch
 ):
@@ -227,6 +243,7 @@ def _tensorboard_scalars(logdir):
     return scalars, purges
 
 
+@pytest.mark.slow
 def test_metrics_are_written_once_per_step_after_a_crash(tmp_path, tiny_data_dir):
     """A run killed after logging steps past its last checkpoint: the resumed run drops those
     rows and rewrites them, in metrics.jsonl and (by a purge) in TensorBoard."""

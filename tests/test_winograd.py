@@ -119,6 +119,7 @@ def test_algorithm_setting_is_checked():
         factory.create_model(_config(conv_algorithm="fft"))
 
 
+@pytest.mark.slow
 def test_a_network_with_winograd_layers_equals_the_direct_one():
     # The tiny test widths are below "auto"'s threshold, so "winograd" forces every 3x3
     # stride-1 layer into Winograd's form: outputs and gradients agree to float32 rounding.
@@ -143,6 +144,7 @@ def test_a_network_with_winograd_layers_equals_the_direct_one():
         np.testing.assert_allclose(got / scale, want / scale, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_prepared_kernel_transforms_give_the_same_detections():
     # prediction.prepare_variables stores U = G g G^T of the layers that take Winograd's form;
     # the network then reads them instead of transforming its kernels on every call.
