@@ -249,6 +249,6 @@ def test_timed_calls_times_each_call_and_counts_its_page_faults():
     faults = []
     times = timed_calls(call, 3, faults)
     assert len(times) == len(faults) == 3
-    assert all(0.01 <= t < 5 for t in times)
+    assert all(t >= 0.01 for t in times)  # the sleep at least (no upper bound: no timing test)
     assert all(f >= (1 << 20) // mmap.PAGESIZE // 2 for f in faults)
     assert timed_calls(call, 2) and timed_calls(call, 0) == []

@@ -19,6 +19,7 @@ import pytest
 from configs import test_tiny
 from yolov4_jax import data
 from yolov4_jax.data import augment, pipeline, sources, synthetic
+from yolov4_jax.models import factory, specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -266,8 +267,12 @@ def test_preview_cli_with_config_overrides(data_dir, tmp_path) -> None:
         index = json.load(f)
     assert sorted(index) == ["input_0000.png", "input_0001.png", "input_0002.png"]
     # The same config in this process: the PNGs are its first batch's images, at the new size.
+    # The preview shows what training feeds: jitter and resize from the model's last [yolo].
     config = test_tiny.get_config()
     config.data.data_dir, config.data.image_size = data_dir, 96
+    layers = factory.model_layers(config.model, 5)
+    config = data.with_head_augmentation(config, [s for s in layers if isinstance(s, specs.Yolo)])
+    assert config.data.resize == 1.5  # yolov4-tiny's
     batch = next(data.create_train_iterator(config, seed=config.seed))
     for k, name in enumerate(sorted(index)):
         image = cv2.cvtColor(cv2.imread(str(out / name)), cv2.COLOR_BGR2RGB)
