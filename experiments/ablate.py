@@ -1,7 +1,8 @@
 """Ablation sweeps: a grid of config overrides x seeds, one workdir per run, a table and a plot.
 
     python -m experiments.ablate --sweep configs/ablations/bof_detector.py --workdir DIR \
-        [--seeds 0,1,2] [--only baseline,no_mosaic] [--set optim.max_batches=200 ...]
+        [--seeds 0,1,2] [--only baseline,no_mosaic] [--set optim.max_batches=200 ...] \
+        [--task-index I --num-tasks N | --collect]
 
 A sweep file is plain Python:
 
@@ -11,13 +12,23 @@ A sweep file is plain Python:
     def sweep():                      # variant name -> {"group.field": value}
         return {"baseline": {}, "no_mosaic": {"data.mosaic": False}}
 
-Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_and_evaluate` (in
-this process, one after another). A finished run leaves ``result.json`` there and is skipped
-next time; an interrupted one resumes from its checkpoints, so rerunning the command continues
-a partly finished sweep. A run that fails (for example a non-finite loss) is recorded with its
-error and the sweep goes on. After every run the sweep writes ``DIR/results.csv`` (one row per
-run), ``DIR/results.md`` (mean and standard deviation over seeds of AP and AP50, minutes per
-run) and ``DIR/results.png`` (the first two metrics per variant with the spread over seeds).
+Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_and_evaluate`.
+Every variant runs the same seeds as the baseline (the first variant): a seed fixes the data
+order and, where the architecture agrees, the initialisation, so differences are paired. A
+finished run leaves ``result.json`` there and is skipped next time; an interrupted one resumes
+from its checkpoints, so rerunning the command continues a partly finished sweep. A run that
+fails (for example a non-finite loss) is recorded with its error and the sweep goes on.
+
+The reports: ``DIR/results.csv`` (one row per run), ``DIR/results.md`` (per variant and metric
+the mean over seeds with its 95% t interval, and the paired difference from the baseline with
+its own 95% interval, marked * where that interval excludes zero; `experiments.stats`),
+``DIR/results.png`` (the same intervals) and ``DIR/curves.png`` (each variant's evaluation
+metric against updates, from its runs' metrics.jsonl: has the budget flattened the curve?).
+
+On a batch system the runs are shared out: ``--task-index I --num-tasks N`` (or SLURM's
+``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``) runs every N-th (variant, seed) pair from
+the I-th, into the same DIR, and writes no report; ``--collect`` then writes the reports from
+the finished runs without training. One process alone (N = 1) does both, as before.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from experiments import stats  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
 
@@ -174,8 +187,15 @@ def summarise(
     variants: Sequence[str],
     metrics: Sequence[str] = METRICS,
 ) -> list[dict[str, Any]]:
-    """Per variant: runs, failures, mean and std over seeds of each metric, minutes per run."""
+    """Per variant: runs, failures, and per metric the mean over seeds (``m``), its standard
+    deviation (``m_std``) and 95% half-width (``m_ci``), and the paired difference from the
+    first variant (``m_diff``, ``m_diff_ci``, over ``m_pairs`` shared seeds); minutes per run."""
     table = []
+    by_seed: dict[str, dict[str, dict[int, float]]] = {}
+    for variant in variants:
+        ok = [r for r in rows if r["variant"] == variant and r["status"] == "ok"]
+        by_seed[variant] = {m: {int(r["seed"]): r.get(m) for r in ok} for m in metrics}
+    reference = next((v for v in variants if any(r["variant"] == v for r in rows)), None)
     for variant in variants:
         runs = [r for r in rows if r["variant"] == variant]
         if not runs:
@@ -183,16 +203,21 @@ def summarise(
         ok = [r for r in runs if r["status"] == "ok"]
         entry = {"variant": variant, "runs": len(ok), "failed": len(runs) - len(ok)}
         for m in metrics:
-            entry[m], entry[f"{m}_std"] = _mean_std([r.get(m) for r in ok])
+            values = [r.get(m) for r in ok]
+            entry[m], entry[f"{m}_std"] = _mean_std(values)
+            entry[f"{m}_ci"] = stats.mean_ci(values)[1]
+            diff, half, pairs = stats.paired_difference(by_seed[variant][m], by_seed[reference][m])
+            entry[f"{m}_diff"], entry[f"{m}_diff_ci"], entry[f"{m}_pairs"] = diff, half, pairs
         entry["minutes"] = _mean_std([r["wall_s"] / 60 for r in runs])[0]
         table.append(entry)
     return table
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, half: float, signed: bool = False) -> str:
     if math.isnan(mean):
         return "—"
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if math.isnan(half) else f"{text} ± {half:.3f}"
 
 
 def write_reports(workdir: str, rows, table, header: str, metrics: Sequence[str] = METRICS) -> None:
@@ -203,21 +228,38 @@ def write_reports(workdir: str, rows, table, header: str, metrics: Sequence[str]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    names = " | ".join(metrics)
+    baseline = table[0]["variant"] if table else "baseline"
+    cols = " | ".join(f"{m} | Δ{m}" for m in metrics)
     lines = [
         header,
         "",
-        f"| variant | runs | {names} | min/run |",
-        "|---" * (len(metrics) + 3) + "|",
+        f"| variant | runs | {cols} | min/run |",
+        "|---" * (2 * len(metrics) + 3) + "|",
     ]
     for e in table:
         runs = f"{e['runs']}" + (f" (+{e['failed']} failed)" if e["failed"] else "")
-        cells = [_fmt(e[m], e[f"{m}_std"]) for m in metrics]
+        cells = []
+        for m in metrics:
+            cells.append(_fmt(e[m], e[f"{m}_ci"]))
+            if e["variant"] == baseline:
+                cells.append("")
+                continue
+            diff = _fmt(e[f"{m}_diff"], e[f"{m}_diff_ci"], signed=True)
+            mark = " *" if stats.excludes_zero(e[f"{m}_diff"], e[f"{m}_diff_ci"]) else ""
+            cells.append(diff + mark)
         lines.append(f"| {e['variant']} | {runs} | {' | '.join(cells)} | {e['minutes']:.1f} |")
-    lines += ["", "Mean ± sample standard deviation over seeds (validation split)."]
+    lines += [
+        "",
+        "Mean over seeds ± the half-width of its 95% t interval (validation split); Δ: the paired "
+        f"difference from `{baseline}` over the seeds both ran, ± its 95% t interval; * where "
+        "that interval excludes zero. No interval with one seed.",
+    ]
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(workdir, table, metrics)
+    _plot_curves(
+        workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
+    )
 
 
 def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
@@ -237,13 +279,55 @@ def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
     offsets = (-0.2, 0.2) if len(shown) == 2 else (0.0,)
     for offset, metric in zip(offsets, shown, strict=True):
         means = [e[metric] for e in table]
-        stds = [0.0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"] for e in table]
-        ax.bar([x + offset for x in xs], means, 0.4, yerr=stds, capsize=3, label=metric)
+        halves = [0.0 if math.isnan(e[f"{metric}_ci"]) else e[f"{metric}_ci"] for e in table]
+        ax.bar([x + offset for x in xs], means, 0.4, yerr=halves, capsize=3, label=metric)
     ax.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax.set_ylabel("validation metric")
+    ax.set_ylabel("validation metric (95% interval over seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
+
+
+def learning_curves(workdir: str, variant: str, metric: str) -> dict[int, list[float]]:
+    """``{update: [eval metric of each seed's run]}`` from the variant's metrics.jsonl files."""
+    curves: dict[int, list[float]] = {}
+    folder = os.path.join(workdir, variant)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "metrics.jsonl")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                value = record.get(f"eval/{metric}")
+                if value is not None:
+                    curves.setdefault(int(record["step"]), []).append(float(value))
+    return curves
+
+
+def _plot_curves(workdir: str, variants: Sequence[str], metric: str) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    fig = Figure(figsize=(6.0, 3.8))
+    ax = fig.add_subplot()
+    drawn = 0
+    for variant in variants:
+        curves = learning_curves(workdir, variant, metric)
+        if not curves:
+            continue
+        steps = sorted(curves)
+        means = [sum(curves[k]) / len(curves[k]) for k in steps]
+        ax.plot(steps, means, marker="o", markersize=3, label=variant)
+        drawn += 1
+    if not drawn:
+        return
+    ax.set_xlabel("update")
+    ax.set_ylabel(f"validation {metric} (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "curves.png"), dpi=120)
 
 
 def run_sweep(
@@ -253,8 +337,15 @@ def run_sweep(
     seeds: Sequence[int] | None = None,
     only: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    collect_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs (or resumes) every variant x seed of the sweep; returns the summary table."""
+    """Runs (or resumes) the sweep's variant x seed pairs of task ``task_index`` of
+    ``num_tasks`` (every ``num_tasks``-th pair from the ``task_index``-th, in sweep order) and
+    returns the summary table; with ``collect_only`` runs nothing and writes the reports."""
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     base, default_seeds, variants = load_sweep(sweep_path)
     metrics = sweep_metrics(sweep_path)
     names = list(variants)  # the tables cover every variant with finished runs, not just --only
@@ -284,7 +375,11 @@ def run_sweep(
         write_reports(workdir, rows, table, header, metrics)
         return table
 
-    for (name, seed), config in configs.items():
+    if collect_only:
+        return report()
+    for k, ((name, seed), config) in enumerate(configs.items()):
+        if k % num_tasks != task_index:
+            continue
         run_dir = os.path.join(workdir, name, f"seed{seed}")
         if os.path.exists(os.path.join(run_dir, "result.json")):
             print(f"[ablate] {name} seed {seed}: done, skipped", flush=True)
@@ -297,10 +392,26 @@ def run_sweep(
         overrides = json.dumps(variants[name], default=_describe)
         record = {"variant": name, "seed": seed, "overrides": overrides}
         record.update(result)
-        with open(os.path.join(run_dir, "result.json"), "w") as f:
+        tmp = os.path.join(run_dir, "result.json.tmp")
+        with open(tmp, "w") as f:  # atomic: a collecting task never reads half a file
             json.dump(record, f, indent=1)
-        report()
+        os.replace(tmp, os.path.join(run_dir, "result.json"))
+        if num_tasks == 1:
+            report()
+    if num_tasks > 1:  # concurrent tasks leave the reports to --collect
+        return summarise(collect(workdir, names), names, metrics)
     return report()
+
+
+def task_from_environment(
+    task_index: int | None, num_tasks: int | None, env: Mapping[str, str] = os.environ
+) -> tuple[int, int]:
+    """(index, count) of this task: the flags, else a SLURM job array's, else (0, 1)."""
+    if task_index is None and "SLURM_ARRAY_TASK_ID" in env:
+        task_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    if num_tasks is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        num_tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
+    return (task_index or 0), (num_tasks or 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,7 +427,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="GROUP.FIELD=VALUE",
         help="override for every run, e.g. optim.max_batches=200 (JSON values)",
     )
+    parser.add_argument(
+        "--task-index", "--task_index", type=int, help="this task's index (SLURM_ARRAY_TASK_ID)"
+    )
+    parser.add_argument(
+        "--num-tasks", "--num_tasks", type=int, help="tasks sharing the sweep (SLURM's count)"
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="write the reports from finished runs; train none"
+    )
     args = parser.parse_args(argv)
+    task_index, num_tasks = task_from_environment(args.task_index, args.num_tasks)
     extra = {}
     for item in args.set:
         if "=" not in item:
@@ -325,9 +446,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra[key] = _parse_value(value)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     only = args.only.split(",") if args.only else None
-    table = run_sweep(args.sweep, args.workdir, seeds=seeds, only=only, extra=extra)
-    with open(os.path.join(args.workdir, "results.md")) as f:
-        print(f.read())
+    table = run_sweep(
+        args.sweep,
+        args.workdir,
+        seeds=seeds,
+        only=only,
+        extra=extra,
+        task_index=task_index,
+        num_tasks=num_tasks,
+        collect_only=args.collect,
+    )
+    if num_tasks == 1 or args.collect:
+        with open(os.path.join(args.workdir, "results.md")) as f:
+            print(f.read())
     return 0 if all(e["failed"] == 0 for e in table) else 1
 
 

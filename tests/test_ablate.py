@@ -6,10 +6,12 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
-from experiments import ablate
+from experiments import ablate, stats
 from yolov4_jax.detection import losses
 from yolov4_jax.models import factory
 from yolov4_jax.training import optim
@@ -157,3 +159,89 @@ def test_an_interrupted_run_stops_the_sweep_without_a_result(tmp_path, monkeypat
     ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
     assert len(calls) == 1  # stopped at the first interrupted run
     assert not (tmp_path / "runs" / "baseline" / "seed0" / "result.json").exists()
+
+
+def test_t_quantiles_and_intervals_by_hand():
+    # Student's t 97.5% quantiles (tables): dof 1, 2, 4, 30; beyond, Cornish-Fisher.
+    assert stats.t975(1) == 12.706 and stats.t975(2) == 4.303 and stats.t975(4) == 2.776
+    assert stats.t975(40) == pytest.approx(2.021, abs=1e-3)
+    assert stats.t975(120) == pytest.approx(1.980, abs=1e-3)
+    assert math.isnan(stats.t975(0))
+    # mean 2, sd 1 (values 1, 2, 3): half-width 4.303 / sqrt(3).
+    mean, half, n = stats.mean_ci([1.0, 2.0, 3.0, None, math.nan])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 / math.sqrt(3))
+    assert math.isnan(stats.mean_ci([0.5])[1])
+    # Paired over shared seeds only: differences .1, .2, .3 (seed 3 has no baseline).
+    variant = {0: 0.6, 1: 0.7, 2: 0.8, 3: 0.9}
+    baseline = {0: 0.5, 1: 0.5, 2: 0.5}
+    diff, half, pairs = stats.paired_difference(variant, baseline)
+    assert pairs == 3 and diff == pytest.approx(0.2)
+    assert half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert half == pytest.approx(0.2484, abs=1e-4) and not stats.excludes_zero(diff, half)
+    assert stats.excludes_zero(0.3, 0.2484) and stats.excludes_zero(-0.3, 0.2484)
+    assert not stats.excludes_zero(0.1, math.nan)
+
+
+def test_reports_show_paired_differences_and_intervals(tmp_path):
+    """A seed-to-seed shift shared by every variant cancels in the paired difference."""
+    rows = []
+    for seed, shift in enumerate((0.0, 0.2, -0.1)):
+        for variant, effect in (("baseline", 0.0), ("better", 0.05), ("same", 0.0)):
+            extra = 0.001 * seed if variant == "same" else 0.0
+            ap = 0.3 + shift + effect + extra
+            rows.append(
+                {"variant": variant, "seed": seed, "status": "ok", "AP": ap, "AP50": ap,
+                 "AP75": ap, "wall_s": 60.0}
+            )  # fmt: skip
+    table = ablate.summarise(rows, ["baseline", "better", "same"])
+    better = table[1]
+    assert better["AP_diff"] == pytest.approx(0.05) and better["AP_pairs"] == 3
+    assert better["AP_diff_ci"] == pytest.approx(0.0, abs=1e-9)  # the shifts cancel
+    assert better["AP_ci"] > 0.1  # unpaired, the seeds' spread swamps the effect
+    ablate.write_reports(str(tmp_path), rows, table, "header")
+    text = (tmp_path / "results.md").read_text()
+    assert "| better | 3 | 0.383 ± " in text and "+0.050 ± 0.000 *" in text
+    same_row = next(line for line in text.splitlines() if line.startswith("| same |"))
+    assert "+0.001 ± " in same_row and " *" not in same_row.split("|")[4]
+    assert "95% t interval" in text
+
+
+def test_slurm_array_variables_choose_the_task():
+    env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert ablate.task_from_environment(None, None, env) == (2, 4)
+    assert ablate.task_from_environment(0, 2, env) == (0, 2)  # the flags win
+    assert ablate.task_from_environment(None, None, {}) == (0, 1)
+
+
+@pytest.mark.slow
+def test_sharded_tasks_as_separate_processes_then_collect(tmp_path, tiny_data_dir):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(
+        SWEEP.replace(
+            '        "diverges": {"optim.learning_rate": 1e30, "optim.burn_in": 0},\n', ""
+        )
+    )
+    workdir = tmp_path / "runs"
+    sets = ["data.data_dir=" + json.dumps(str(tiny_data_dir)), "train.detections_image=false"]
+    sets += ["train.eval_max_batches=1", "optim.max_batches=2", "train.eval_every=1"]
+    argv = [sys.executable, "-m", "experiments.ablate", "--sweep", str(sweep)]
+    argv += ["--workdir", str(workdir)] + [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    tasks = [
+        subprocess.Popen(argv + ["--task-index", str(i), "--num-tasks", "2"], cwd=ablate.ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs
+    # Four pairs, in sweep order: task 0 ran (baseline, 0), (giou, 0); task 1 the seed-1 runs.
+    assert "baseline seed 0" in outputs[0] and "giou seed 0" in outputs[0]
+    assert "baseline seed 1" in outputs[1] and "giou seed 1" in outputs[1]
+    assert not (workdir / "results.md").exists()  # tasks leave the reports to --collect
+    done = subprocess.run(argv + ["--collect"], cwd=ablate.ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (workdir / "results.md").read_text()
+    assert "| baseline | 2 |" in text and "| giou | 2 |" in text and "ΔAP" in text
+    assert (workdir / "curves.png").exists()
+    assert ablate.learning_curves(str(workdir), "giou", "AP50").keys() == {1, 2}
