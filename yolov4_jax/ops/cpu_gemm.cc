@@ -1,5 +1,5 @@
 // Convolutions for XLA:CPU as image patches times the kernel through Intel oneMKL, as XLA FFI
-// handlers (yolov4_jax/cpu_gemm.py). oneMKL is opened at run time (yolov4_cpu_gemm_open), so
+// handlers (yolov4_jax/ops/cpu_gemm.py). oneMKL is opened at run time (yolov4_cpu_gemm_open), so
 // this library links against nothing but libdl.
 #include <dlfcn.h>
 
