@@ -1,7 +1,8 @@
 """Genetic hyperparameter search (YOLOv4 paper section 3.3 and Table 4's "GA" row).
 
     python -m experiments.evolve --search configs/evolve/demo.py --workdir DIR \
-        [--generations G] [--population P] [--set optim.max_batches=300 ...]
+        [--generations G] [--population P] [--set optim.max_batches=300 ...] \
+        [--task-index I --num-tasks N | --collect]
 
 A search file is plain Python:
 
@@ -35,6 +36,13 @@ one line per evaluated candidate. A failed candidate (a non-finite loss, say) ha
 its error recorded, and the search goes on. After every candidate the search rewrites
 ``DIR/best_config.py`` (an importable config file for the best candidate), ``DIR/evolve.md``
 (a table per generation) and ``DIR/evolve.png`` (fitness of each candidate by generation).
+
+On a batch system a generation's candidates share out over a job array: ``--task-index I
+--num-tasks N`` (or SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT) trains every N-th candidate
+from the I-th of the first unfinished generation into the same DIR (their ``result.json``) and
+stops; ``--collect`` then records the finished candidates, writes the reports and prints the
+next generation's candidates, which every task derives the same way from the results. One array
+per generation, each followed by ``--collect``.
 """
 
 from __future__ import annotations
@@ -78,6 +86,21 @@ def _read_history(workdir: str, search: Search) -> dict[tuple[int, int], dict[st
                     record = _decoded(json.loads(line), search)
                     history[(record["generation"], record["index"])] = record
     return history
+
+
+def _read_results(workdir: str, search: Search) -> dict[tuple[int, int], dict[str, Any]]:
+    """The candidates' own result.json files (what sharded tasks leave), by (gen, index)."""
+    found = {}
+    for gen in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
+        if not gen.startswith("gen"):
+            continue
+        for cand in sorted(os.listdir(os.path.join(workdir, gen))):
+            path = os.path.join(workdir, gen, cand, "result.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    record = _decoded(json.load(f), search)
+                found[(record["generation"], record["index"])] = record
+    return found
 
 
 def _decoded(record: dict[str, Any], search: Search) -> dict[str, Any]:
@@ -302,8 +325,15 @@ def run_search(
     extra: Mapping[str, Any] | None = None,
     train_fn: TrainFn | None = None,
     command: str | None = None,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    collect_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) the search; returns every evaluated candidate's record.
+
+    With ``num_tasks`` > 1 this task trains its share (every ``num_tasks``-th candidate from
+    the ``task_index``-th) of the first unfinished generation and returns; ``collect_only``
+    trains nothing, records the finished candidates and writes the reports.
 
     ``train_fn(config, run_dir)`` returns a result like `ablate.run_one`'s (``status``,
     ``error``, ``wall_s`` and the metrics without their ``eval/`` prefix); it is
@@ -329,9 +359,14 @@ def run_search(
                 f"{workdir}: started with {recorded}, now {settings}; use a new --workdir"
             )
     else:
-        with open(settings_path, "w") as f:
+        with open(f"{settings_path}.{os.getpid()}", "w") as f:  # atomic: tasks may race here
             json.dump(settings, f, indent=1)
+        os.replace(f"{settings_path}.{os.getpid()}", settings_path)
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     history = _read_history(workdir, search)
+    if num_tasks > 1 or collect_only:  # sharded tasks leave result.json files only
+        history = {**_read_results(workdir, search), **history}
     header = (
         f"# Genetic search `{os.path.relpath(search_path, ROOT)}` from "
         f"`{os.path.relpath(search.base, ROOT)}`\n\n"
@@ -349,9 +384,15 @@ def run_search(
             best = min(ok, key=rank_key)
             write_best_config(workdir, search, best, len(records), extra, command)
 
+    if collect_only:
+        return _collect(workdir, search, history, report)
     for g in range(search.generations):
         candidates = generation_candidates(search, g, list(history.values()))
+        if num_tasks > 1 and all((g, i) in history for i in range(len(candidates))):
+            continue  # a finished generation: the next one is this task's
         for i, candidate in enumerate(candidates):
+            if i % num_tasks != task_index:
+                continue
             run_dir = os.path.join(workdir, f"gen{g:02d}", f"cand{i:02d}")
             result_path = os.path.join(run_dir, "result.json")
             if (g, i) in history:
@@ -369,17 +410,47 @@ def run_search(
                     print(f"[evolve] gen {g} cand {i}: interrupted; rerun to resume", flush=True)
                     return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
                 os.makedirs(run_dir, exist_ok=True)
-                with open(result_path, "w") as f:
+                with open(result_path + ".tmp", "w") as f:  # atomic for a collecting process
                     json.dump(record, f, indent=1)
+                os.replace(result_path + ".tmp", result_path)
                 print(
                     f"[evolve] gen {g} cand {i}: {search.fitness} {record['fitness']}", flush=True
                 )
+            history[(g, i)] = record
+            if num_tasks > 1:
+                continue  # the reports and candidates.jsonl are --collect's
             with open(os.path.join(workdir, "candidates.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            history[(g, i)] = record
             report()
+        if num_tasks > 1:
+            print(f"[evolve] gen {g}: task {task_index} of {num_tasks} done; then --collect")
+            return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
     report()
     return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
+
+
+def _collect(workdir, search, history, report) -> list[dict[str, Any]]:
+    """Records the finished candidates (candidates.jsonl in order), writes the reports and
+    prints the first unfinished generation's candidates and how many are still to train."""
+    records = sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
+    with open(os.path.join(workdir, "candidates.jsonl.tmp"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(
+        os.path.join(workdir, "candidates.jsonl.tmp"), os.path.join(workdir, "candidates.jsonl")
+    )
+    if records:
+        report()
+    for g in range(search.generations):
+        candidates = generation_candidates(search, g, records)
+        missing = [i for i in range(len(candidates)) if (g, i) not in history]
+        if missing:
+            print(f"[evolve] next: generation {g}, {len(missing)} of {len(candidates)} to train")
+            for i in missing:
+                print(f"[evolve]   cand {i}: {candidates[i]}")
+            break
+    else:
+        print(f"[evolve] all {search.generations} generations finished")
+    return records
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,7 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="GROUP.FIELD=VALUE",
         help="override for every candidate, e.g. optim.max_batches=300 (JSON values)",
     )
+    parser.add_argument("--task-index", "--task_index", type=int, help="SLURM_ARRAY_TASK_ID")
+    parser.add_argument("--num-tasks", "--num_tasks", type=int, help="SLURM_ARRAY_TASK_COUNT")
+    parser.add_argument("--collect", action="store_true", help="record results; train none")
     args = parser.parse_args(argv)
+    task_index, num_tasks = ablate.task_from_environment(args.task_index, args.num_tasks)
     extra = {}
     for item in args.set:
         if "=" not in item:
@@ -410,9 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         population=args.population,
         extra=extra,
         command="python -m experiments.evolve " + shlex.join(argv),
+        task_index=task_index,
+        num_tasks=num_tasks,
+        collect_only=args.collect,
     )
-    with open(os.path.join(args.workdir, "evolve.md")) as f:
-        print(f.read())
+    if num_tasks > 1:
+        return 0
+    report = os.path.join(args.workdir, "evolve.md")
+    if os.path.exists(report):
+        with open(report) as f:
+            print(f.read())
     return 0 if any(math.isfinite(r["fitness"]) for r in records) else 1
 
 

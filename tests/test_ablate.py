@@ -141,7 +141,7 @@ def test_classifier_sweep_reports_top1_and_top5(tmp_path, tiny_cls_data_dir):
     assert [e["variant"] for e in table] == ["none", "cutmix"]
     assert all(0.0 <= e["top1"] <= e["top5"] <= 1.0 for e in table)
     text = (tmp_path / "runs" / "results.md").read_text()
-    assert "| variant | runs | top1 | top5 | min/run |" in text
+    assert "| variant | runs | top1 | Δtop1 | top5 | Δtop5 | min/run |" in text
     with open(tmp_path / "runs" / "results.csv") as f:
         assert next(csv.reader(f))[:5] == ["variant", "seed", "status", "top1", "top5"]
 

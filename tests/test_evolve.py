@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -322,3 +324,50 @@ def test_an_interrupted_candidate_stops_the_search_and_resumes(tmp_path):
     )
     records = evolve.run_search(search, str(workdir), train_fn=fake_train)
     assert len(records) == 12 and all(r["status"] == "ok" for r in records)
+
+
+@pytest.mark.slow
+def test_sharded_generations_as_separate_processes(tmp_path, tiny_data_dir):
+    """Two task processes per generation, --collect after each: the same records and the
+    same next generation as the search computes from them."""
+    search_file = os.path.join(evolve.ROOT, "configs", "evolve", "test_tiny.py")
+    workdir = tmp_path / "evolve"
+    argv = [sys.executable, "-m", "experiments.evolve", "--search", search_file]
+    argv += ["--workdir", str(workdir)]
+    for item in (f"data.data_dir={tiny_data_dir}", "train.detections_image=false"):
+        argv += ["--set", item]
+    argv += ["--set", "train.eval_max_batches=1", "--set", "optim.max_batches=2"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+    def run(extra):
+        return subprocess.run(
+            argv + extra, cwd=evolve.ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    for generation in range(2):
+        tasks = [
+            subprocess.Popen(argv + ["--task-index", str(i), "--num-tasks", "2"],
+                             cwd=evolve.ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for i in range(2)
+        ]  # fmt: skip
+        outputs = [t.communicate(timeout=600)[0] for t in tasks]
+        assert [t.returncode for t in tasks] == [0, 0], outputs
+        assert f"gen {generation} cand 0" in outputs[0] and f"gen {generation} cand 1" in outputs[1]
+        collected = run(["--collect"])
+        assert collected.returncode == 0, collected.stderr[-3000:]
+    assert "all 2 generations finished" in collected.stdout
+    records = [
+        json.loads(line) for line in (workdir / "candidates.jsonl").read_text().split("\n") if line
+    ]
+    assert [(r["generation"], r["index"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(r["status"] == "ok" for r in records)
+    # Generation 1 is what the search derives from generation 0's recorded results.
+    search = genetic.load_search(search_file)
+    gen0 = [r for r in records if r["generation"] == 0]
+    for r in gen0:
+        r["overrides"] = {g.key: g.decode(r["overrides"][g.key]) for g in search.genes}
+    expected = genetic.generation_candidates(search, 1, gen0)
+    got = [r["overrides"] for r in records if r["generation"] == 1]
+    assert [genetic.identity(c) for c in got] == [genetic.identity(c) for c in expected]
+    assert (workdir / "best_config.py").exists() and (workdir / "evolve.md").exists()
