@@ -268,3 +268,24 @@ def test_metrics_are_written_once_per_step_after_a_crash(tmp_path, tiny_data_dir
     for step, value in jsonl.items():
         assert scalars["train/total"][step] == pytest.approx(value, rel=1e-6)
     assert {"train/box", "train/obj", "train/cls", "train/lr", "eval/AP50"} <= set(scalars)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"optim.learning_rate": -0.01}, "config.optim.learning_rate=-0.01: expected a positive"),
+        ({"optim.max_batches": 0}, "config.optim.max_batches=0: expected at least 1"),
+        ({"data.batch_size": 0}, "config.data.batch_size=0: expected a positive"),
+        ({"data.image_size": 80}, "config.data.image_size=80: expected a positive multiple"),
+        ({"data.eval_image_size": 48}, "config.data.eval_image_size=48: expected"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_written(
+    tmp_path, tiny_data_dir, override, match
+):
+    """Checked before the workdir is created or a step compiled (a negative learning rate
+    used to train silently; image_size 80 failed inside JAX at the first step)."""
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        _run(workdir, tiny_data_dir, **override)
+    assert not workdir.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from yolov4_jax import data as data_lib
-from yolov4_jax.models import factory
+from yolov4_jax.models import factory, output_shapes, specs
 from yolov4_jax.ops import hostmem
 from yolov4_jax.training import checkpoints, metric_writer, optim, tasks
 from yolov4_jax.training.state import create_train_state, eval_variables
@@ -55,11 +56,43 @@ class _Preemption:
 
 def _check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
     b, s = config.data.batch_size, config.optim.subdivisions
+    if not b >= 1:
+        raise ValueError(f"config.data.batch_size={b}: expected a positive number of images")
     if s < 1 or b % (s * num_devices) and not config.data.dynamic_minibatch:
         raise ValueError(
             f"config.data.batch_size={b} must be divisible by config.optim.subdivisions={s} "
             f"times the {num_devices} devices"
         )
+
+
+def check_config(config: ml_collections.ConfigDict, model) -> None:
+    """The values a run would otherwise trip over late (or silently): checked before anything
+    is written or compiled. Raises ValueError naming the field and what it expects."""
+    o, d = config.optim, config.data
+    if not (math.isfinite(o.learning_rate) and o.learning_rate > 0):
+        raise ValueError(
+            f"config.optim.learning_rate={o.learning_rate}: expected a positive number"
+        )
+    if not int(o.max_batches) >= 1:
+        raise ValueError(f"config.optim.max_batches={o.max_batches}: expected at least 1 update")
+    if not model.heads:
+        return
+    # Each [yolo] head's grid must tile the canvas: sides multiple of the largest stride.
+    probe = 32 * 19
+    shapes = output_shapes(model.layers, probe, probe)
+    heads = [i for i, s in enumerate(model.layers) if isinstance(s, specs.Yolo)]
+    stride = max(probe // shapes[i][0] for i in heads)
+    sizes = {"config.data.image_size": d.image_size}
+    if d.eval_image_size:
+        sizes["config.data.eval_image_size"] = d.eval_image_size
+    if d.random_shapes:
+        sizes["config.data.random_shapes_step"] = d.random_shapes_step
+    for field, size in sizes.items():
+        if not (int(size) >= stride and int(size) % stride == 0):
+            raise ValueError(
+                f"{field}={size}: expected a positive multiple of the network's largest "
+                f"stride, {stride}"
+            )
 
 
 def train_and_evaluate(
@@ -72,7 +105,6 @@ def train_and_evaluate(
     Returns the last evaluation's metrics (``eval/...`` keys; empty if none ran).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     mesh = make_mesh()
     num_devices = mesh.devices.size
@@ -81,6 +113,8 @@ def train_and_evaluate(
     info = data_lib.dataset_info(config)
     tasks.check_dataset(config, info)
     model = factory.create_model(config.model, num_classes=info.num_classes)
+    check_config(config, model)
+    os.makedirs(workdir, exist_ok=True)  # only once the run's values are known to be usable
     # data.jitter / data.resize left at None follow the last [yolo] head, as in darknet.
     config = data_lib.with_head_augmentation(config, model.heads)
     task = tasks.create(config, model)
