@@ -39,7 +39,6 @@ from yolov4_jax.data.names import COCO_NAMES
 from yolov4_jax.data.pipeline import boxes_to_original
 from yolov4_jax.data.preview import annotate
 from yolov4_jax.evaluation import loading
-from yolov4_jax.evaluation.loading import default_size  # noqa: F401 (the notebooks use it)
 from yolov4_jax.evaluation.prediction import (
     NmsOptions,
     make_predict_fn,
