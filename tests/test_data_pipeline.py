@@ -215,26 +215,6 @@ def test_boxes_to_original_letterbox_by_hand_and_under_jit() -> None:
     np.testing.assert_allclose(out, [[[25, 0, 75, 200]]], atol=1e-4)
 
 
-def test_synthetic_images_are_deterministic_with_a_range_of_sizes() -> None:
-    a = synthetic.render_image(np.random.default_rng([0, 0, 5]), 224, 320, 6)
-    b = synthetic.render_image(np.random.default_rng([0, 0, 5]), 224, 320, 6)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-    sides = []
-    for i in range(40):
-        image, boxes, labels = synthetic.render_image(np.random.default_rng(i), 224, 320, 6)
-        h, w = image.shape[:2]
-        assert (
-            np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= w) and np.all(boxes[:, [1, 3]] <= h)
-        )
-        assert set(labels.tolist()) <= set(range(len(synthetic.CLASS_NAMES)))
-        sides += np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
-    # Small (stride 8), medium (stride 16) and large (stride 32) objects at 608 px input.
-    sides = np.array(sides) * 608 / 272
-    assert (sides < 48).sum() > 10 and ((sides > 64) & (sides < 128)).sum() > 10
-    assert (sides > 192).sum() > 5
-
-
 def test_preview_writes_exact_inputs_and_boxes(config, tmp_path) -> None:
     from yolov4_jax.data import preview
 
