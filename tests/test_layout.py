@@ -9,7 +9,7 @@ import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "yolov4_jax")
-PROGRAMS = {"main", "detect", "evaluate", "anchors"}
+PROGRAMS = {"main", "detect", "evaluate", "anchors", "export"}
 # Function-local imports of the package, each with its reason.
 LOCAL_IMPORTS = {
     # training imports JAX, which must come after the huge-page restart (ops/hostmem.py).
@@ -56,6 +56,7 @@ def test_the_top_level_is_the_programs():
         "cli",
         "darknet",
         "data",
+        "deploy",
         "detection",
         "evaluation",
         "models",

@@ -1,13 +1,14 @@
 """The convolution dispatch every model layer goes through (`conv2d`): XLA's convolution, or
 on the CPU Winograd's (`yolov4_jax.ops.winograd`), the canonical-gradient form
 (`yolov4_jax.ops.conv_gradients`) or oneMKL (`yolov4_jax.ops.cpu_gemm`), as the arguments and
-the default backend decide. Off the CPU only XLA's convolution is ever picked."""
+the backend traced for (`backend.current`: JAX's default, or the platform an export lowers
+for) decide. Off the CPU only XLA's convolution is ever picked."""
 
 from __future__ import annotations
 
 import jax
 
-from yolov4_jax.ops import cpu_gemm, winograd
+from yolov4_jax.ops import backend, cpu_gemm, winograd
 from yolov4_jax.ops.conv_gradients import NHWC, after, canonical_conv2d, input_gradient
 
 __all__ = ["CONV_ALGORITHMS", "CONV_GRADIENTS", "after", "conv2d", "input_gradient"]
@@ -55,10 +56,10 @@ def conv2d(
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
     if algorithm == "mkl" and groups == 1:
-        if jax.default_backend() != "cpu":
+        if backend.current() != "cpu":
             raise ValueError(
-                "conv algorithm 'mkl' runs on the CPU only; the default backend is "
-                f"{jax.default_backend()!r} (use model.conv_algorithm='auto')"
+                "conv algorithm 'mkl' runs on the CPU only; the backend traced for is "
+                f"{backend.current()!r} (use model.conv_algorithm='auto')"
             )
         return cpu_gemm.conv2d(x, kernel, stride, padding)
     tile = winograd.layer_tile(
@@ -67,7 +68,7 @@ def conv2d(
     if tile:
         return winograd.winograd_conv2d(x, kernel, tile)
     if gradients == "auto":
-        gradients = "canonical" if jax.default_backend() == "cpu" else "xla"
+        gradients = "canonical" if backend.current() == "cpu" else "xla"
     if gradients == "canonical" and groups == 1:
         return canonical_conv2d(x, kernel, stride, padding)
     return jax.lax.conv_general_dilated(

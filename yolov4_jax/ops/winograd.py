@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolov4_jax.ops import backend
 from yolov4_jax.ops.conv_gradients import after
 
 TILES = (2, 4)
@@ -98,7 +99,7 @@ def tile(
     height, width, channels = x_shape[1], x_shape[2], x_shape[3]
     small = _tiles(height, 2) * _tiles(width, 2) < 144 and not kernel_ready
     if auto and (
-        jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or channels < 128 or small
+        backend.current() != "cpu" or jnp.dtype(dtype) != jnp.float32 or channels < 128 or small
     ):
         return 0
     if auto and large_tiles and not kernel_ready and _tiles(height, 4) * _tiles(width, 4) >= 144:

@@ -1,0 +1,67 @@
+"""What every export reproduces: `inference_fn` (images -> raw heads, and decoded boxes and
+scores with ``decode``), its output names, and the checks an export makes of its model first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from yolov4_jax import Error
+from yolov4_jax.evaluation.prediction import decode_heads
+from yolov4_jax.models import Network, output_shapes
+
+
+class ExportError(Error, ValueError):
+    """A model, option or check the exporter cannot satisfy; the message says which."""
+
+
+def for_export(model: Network) -> Network:
+    """``model`` computing in float32 with the portable defaults (``conv_algorithm`` "auto",
+    which off the CPU is XLA's convolution): an exported model runs float32 on any device,
+    whatever dtype and CPU algorithm the run trained with."""
+    return model.clone(dtype=jnp.float32, conv_algorithm="auto", conv_gradients="auto")
+
+
+def check_exportable(model: Network, size: tuple[int, int], decode: bool) -> None:
+    """Raises `ExportError` where ``size`` (height, width) does not fit the network, its input
+    is not RGB, or ``decode`` is asked of a network without ``[yolo]`` heads."""
+    channels = int(dict(model.net).get("channels", 3))
+    if channels != 3:
+        raise ExportError(f"the network takes {channels}-channel input; exports take RGB images")
+    try:
+        output_shapes(model.layers, *size, channels)
+    except ValueError as e:
+        raise ExportError(
+            f"input size {size[1]}x{size[0]} does not fit the network "
+            f"(YOLOv4's sizes are multiples of 32): {e}"
+        ) from None
+    if decode and not model.heads:
+        raise ExportError("--decode needs [yolo] heads; this network is a classifier")
+
+
+def output_names(model: Network, decode: bool) -> list[str]:
+    """``head0``, ``head1``, ... in the model's order (``output`` for a classifier), then
+    ``boxes`` and ``scores`` with ``decode``."""
+    names = [f"head{i}" for i in range(len(model.heads))] or ["output"]
+    return names + (["boxes", "scores"] if decode else [])
+
+
+def inference_fn(model: Network, variables: Any, decode: bool) -> Callable[[jax.Array], tuple]:
+    """``f(images) -> tuple`` of the outputs `output_names` lists, the variables inside.
+
+    boxes: ``[N, M, 4]`` xyxy in units of the input (not clipped); scores: ``[N, M, C]``,
+    objectness times class probability; M sums H/s * W/s * A over the heads.
+    """
+
+    def f(images: jax.Array) -> tuple[jax.Array, ...]:
+        outputs = model.apply(variables, images, train=False)
+        outputs = tuple(outputs) if model.heads else (outputs,)
+        if not decode:
+            return outputs
+        boxes, scores = decode_heads(outputs, model.heads, images.shape[1:3])
+        return (*outputs, boxes, scores)
+
+    return f
