@@ -41,7 +41,7 @@ _FAMILY_HUES = ((0, 10, 20), (68, 95, 115))
 CLS_CLASS_NAMES = tuple(f"{shape}_{family}" for shape in CLASS_NAMES for family in COLOUR_FAMILIES)
 
 _MIN_VISIBLE = 0.5  # of an object's pixels, after occlusion and border cuts
-_MIN_CONTRAST = 40.0  # RGB distance between an object's mean colour and the background under it
+_MIN_CONTRAST = 60.0  # RGB distance between an object's mean colour and the background under it
 
 
 def render_image(
