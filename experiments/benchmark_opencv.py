@@ -48,6 +48,11 @@ For every input size and batch size:
      `blobFromImages` + `forward` + its sample's post-processing (best class per row,
      `NMSBoxesBatched`), see `opencv_peer.postprocess`. Both: score .25, IoU .45, at most
      1000 candidates and 100 detections per image.
+   - ONNX Runtime forward (unless `--no-onnxruntime`): the network exported to ONNX by the
+     project's exporter (`yolov4_jax.deploy.onnx_export`, float32, BN folded), run by ONNX
+     Runtime's CPU provider with `--threads` intra-op threads on the same float batch (NHWC
+     in, the raw heads out); its agreement with JAX's heads is reported (and enforced at
+     `--tolerance`) beside OpenCV's. Its `x OpenCV` compares it with OpenCV's forward.
    GFLOP/s is the network's FLOPs (XLA's count for the fp32 forward pass, as
    benchmark_models.py counts them) per median call, for every row, so it is comparable;
    `x OpenCV` is OpenCV's median for the same measurement divided by this row's (> 1: faster).
@@ -98,6 +103,7 @@ from experiments.peer_process import PeerProcess  # noqa: E402
 from experiments.timing import timed_calls  # noqa: E402
 from yolov4_jax import darknet  # noqa: E402
 from yolov4_jax.data.synthetic import render_image  # noqa: E402
+from yolov4_jax.deploy import onnx_export  # noqa: E402
 from yolov4_jax.detection.boxes import pairwise_iou, xyxy_to_xywh  # noqa: E402
 from yolov4_jax.evaluation import prediction  # noqa: E402
 from yolov4_jax.models import Network, specs  # noqa: E402
@@ -375,6 +381,22 @@ def benchmark_setting(args, name, models, predicts, variables, images, peer, fol
         lines.append(_bf16_line(f"{setting} ({_engine(d)})", b))
         _log(lines[-1])
     runs = {}
+    if args.onnxruntime:
+        session = onnxruntime_session(models["float32"], variables["float32"], size, args.threads)
+        x_host = np.asarray(x)
+        theirs = session.run(None, {"images": x_host})
+        rel = max(
+            float(np.abs(np.asarray(a) - b).max() / np.abs(np.asarray(a)).max())
+            for a, b in zip(raw["float32"], theirs, strict=True)
+        )
+        lines.append(
+            f"Agreement, {setting}: raw head outputs max |JAX - ONNX Runtime| {rel:.2e} of "
+            "their largest magnitude."
+        )
+        _log(lines[-1])
+        if not rel <= args.tolerance:
+            raise RuntimeError(f"JAX and ONNX Runtime disagree: {lines[-1]}")
+        runs[("ONNX Runtime", "forward")] = lambda: session.run(None, {"images": x_host})
     for d in args.dtypes:
         f, p, v = forwards[d], predicts[d], variables[d]
         engine = _engine(d)
@@ -386,6 +408,19 @@ def benchmark_setting(args, name, models, predicts, variables, images, peer, fol
     )
     _log("\n".join(rows))
     return rows
+
+
+def onnxruntime_session(model: Network, variables, size: int, threads: int):
+    """An ONNX Runtime session (CPU provider, ``threads`` intra-op threads) of ``model``
+    exported by `yolov4_jax.deploy.onnx_export` at ``size`` x ``size``."""
+    onnxruntime = onnx_export.onnxruntime
+    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    proto = onnx_export.build_onnx(model, base, (size, size))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def benchmark_images(paths: list[str], size: int, count: int, seed: int) -> np.ndarray:
@@ -439,6 +474,16 @@ def run(args) -> str:
         f"{os.getloadavg()[0]:.2f} at start; medians of {args.rounds} rounds x {args.iters} "
         "calls per side.",
     ]
+    if args.onnxruntime and (onnx_export.onnx is None or onnx_export.onnxruntime is None):
+        args.onnxruntime = False
+        lines.append(
+            "onnx or onnxruntime is not installed (pip install onnx onnxruntime): "
+            "no ONNX Runtime rows."
+        )
+        _log(lines[-1])
+    elif args.onnxruntime:
+        version = onnx_export.onnxruntime.__version__
+        lines.append(f"ONNX Runtime {version} (CPU provider), {args.threads} threads.")
     if not have_opencv:
         lines.append(
             f"OpenCV 4 is not installed in {args.opencv_dir} (`{OPENCV_INSTALL}` installs it): "
@@ -513,6 +558,12 @@ def main(argv=None) -> int:
         type=float,
         default=2e-3,
         help="largest relative difference of the raw heads (tests/test_darknet_parity.py's)",
+    )
+    parser.add_argument(
+        "--onnxruntime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the ONNX export in ONNX Runtime (pip install onnx onnxruntime)",
     )
     parser.add_argument("--out", help="also write the report to this Markdown file")
     args = parser.parse_args(argv)

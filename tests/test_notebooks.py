@@ -130,3 +130,16 @@ def test_ablation_results(notebook_env, tmp_path):
     ]
     assert _num_images(nb) == 1
     assert "vs baseline" in _text(nb)
+
+
+def test_colab_quickstart_runs_its_non_colab_cells_on_cpu(notebook_env):
+    """notebooks/05 (Colab, GPU or TPU runtime) with its small settings on the CPU: the setup
+    cell's Colab branch (installing JAX for the runtime and the checkout) runs only on Colab;
+    the demo, both exports and the StableHLO call run here as they do there."""
+    nb = run_notebook("05_colab_quickstart")
+    text = _text(nb)
+    assert "runtime: " in text and "JAX package for it: jax" in text
+    assert text.count("largest difference") == 2  # the onnx and stablehlo exports' checks
+    assert "platforms: ('cpu', 'cuda', 'tpu')" in text
+    assert "ran on " in text and "AP50 " in text
+    assert _num_images(nb) == 1  # detections.png

@@ -152,7 +152,7 @@ def export_model(
                 checks.append(relative_difference(decoded, got[raw:], names[raw:]))
             count += batch
             for d, name in checks:
-                if d >= difference:
+                if d > difference:
                     difference, worst = d, name
         if not difference <= tolerance:
             raise ExportError(
