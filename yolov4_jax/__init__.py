@@ -1,9 +1,10 @@
 """YOLOv4 in JAX/Flax.
 
-The top level holds the programs (`main`, `detect`, `evaluate`, `anchors`); each sub-package
-is one concern: `models`, `detection` (boxes, targets, the loss, decoding, NMS, SAT), `training`,
-`evaluation` (COCO AP and prediction), `data`, `darknet` (cfg and weights interop), `cli` (what
-the programs share) and `ops` (the convolution dispatch and everything CPU-specific).
+The top level holds the programs (`main`, `detect`, `evaluate`, `anchors`, `export`); each
+sub-package is one concern: `models`, `detection` (boxes, targets, the loss, decoding, NMS, SAT),
+`training`, `evaluation` (COCO AP and prediction), `data`, `darknet` (cfg and weights interop),
+`deploy` (ONNX and StableHLO exports, checked against JAX), `cli` (what the programs share) and
+`ops` (the convolution dispatch and everything CPU-specific).
 docs/architecture.md maps them.
 
 Importing the package sets one XLA:CPU default before JAX starts its backend

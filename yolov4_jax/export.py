@@ -29,7 +29,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from yolov4_jax import darknet
+from yolov4_jax import Error, darknet
 from yolov4_jax.deploy import ExportError
 from yolov4_jax.deploy.exporter import CHECK_BATCHES, FORMATS, TOLERANCE, export_model
 from yolov4_jax.evaluation import loading
@@ -98,7 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             size=size,
             decode=args.decode,
         )
-    except (ExportError, loading.ModelSourceError, darknet.CfgError, darknet.WeightsError) as e:
+    except (
+        Error,
+        ExportError,
+        loading.ModelSourceError,
+        darknet.CfgError,
+        darknet.WeightsError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(
