@@ -241,6 +241,19 @@ def test_errors_are_one_line(model_files, tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 
 
+def test_a_run_without_checkpoints_is_one_line(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(test_tiny.get_config().to_json())
+    (workdir / "dataset.json").write_text('{"class_names": ["a", "b", "c", "d", "e"]}')
+    args = ["--workdir", str(workdir), "--checkpoint", "latest", "--format", "stablehlo"]
+    assert export.main([*args, "--out", str(tmp_path / "m.stablehlo")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "checkpoint" in err and str(workdir) in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.stablehlo").exists()
+
+
 def test_a_layer_without_a_form_is_named(tmp_path):
     model = Network((specs.Conv(4, 3, 1, 1), specs.SpatialAttention(3), specs.Conv(4, 1)))
     variables = _random_variables(model, 32, 32)
