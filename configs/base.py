@@ -169,8 +169,10 @@ def _train() -> ml_collections.ConfigDict:
     t.log_every = 50  # steps between metric writes (metrics.jsonl, TensorBoard, progress)
     t.eval_every = 5000  # steps between evaluations on the validation split (0: end only)
     t.checkpoint_every = 1000  # steps between checkpoints (also at eval, SIGTERM and the end)
+    t.keep_checkpoints = 2  # latest checkpoints kept in WORKDIR/checkpoints (best/ keeps one)
+    t.restore_fallback = False  # resume from an older checkpoint (or best/) if the latest is bad
     t.best_metric = "AP"  # eval metric that picks the kept best checkpoint (classifier: top1)
-    t.eval_split = "validation"
+    t.eval_split = "validation"  # split evaluated during and after training; "": no evaluation
     t.eval_max_batches = 0  # evaluate on at most this many batches (0: the whole split)
     t.eval_score_threshold = 0.005  # darknet `detector map` confidence threshold
     t.eval_iou_threshold = 0.45  # darknet `detector map` NMS threshold

@@ -294,9 +294,8 @@ def main(argv) -> None:
             max_images=f["max_images"],
             seed=f["seed"],
         )
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # anchors' own checks raise these
+        sys.exit(cli.report(e.args[0] if e.args and isinstance(e, KeyError) else e))
     print(report)
 
 

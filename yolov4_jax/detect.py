@@ -32,9 +32,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from yolov4_jax import darknet
+from yolov4_jax import Error, cli
 from yolov4_jax.data.augment import Sample, empty_boxes, resize_to_canvas
-from yolov4_jax.data.formats import DataError, read_names
+from yolov4_jax.data.formats import read_names
 from yolov4_jax.data.names import COCO_NAMES
 from yolov4_jax.data.pipeline import boxes_to_original
 from yolov4_jax.data.preview import annotate
@@ -48,10 +48,9 @@ from yolov4_jax.evaluation.prediction import (
 )
 from yolov4_jax.models import Network, output_shapes
 from yolov4_jax.ops.conv import CONV_ALGORITHMS
-from yolov4_jax.ops.cpu_gemm import CpuGemmError
 
 
-class DetectError(ValueError):
+class DetectError(Error, ValueError):
     """A bad input of the detector; the message names the file or option."""
 
 
@@ -332,16 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             names=names,
             options=options,
         )
-    except (
-        DetectError,
-        loading.ModelSourceError,
-        DataError,
-        darknet.CfgError,
-        darknet.WeightsError,
-        CpuGemmError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Error as e:  # the project's own errors: one line (yolov4_jax.cli)
+        return cli.report(e)
     for result in results:
         print(f"{result.path}: {len(result.scores)} detections")
     print(f"wrote {len(results)} annotated images and JSON files to {args.out}")

@@ -35,7 +35,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolov4_jax import cli, data, evaluation
+from yolov4_jax import ConfigError, cli, data, evaluation
 from yolov4_jax.evaluation import loading, prediction
 from yolov4_jax.models import Network
 from yolov4_jax.ops.conv import CONV_ALGORITHMS
@@ -93,9 +93,9 @@ def run(
     model, variables = loaded.model, loaded.variables
     model = prediction.with_compute(model, dtype, conv_algorithm)
     if not model.heads:
-        raise ValueError("the model has no [yolo] layers, so it is not a detector")
+        raise loading.ModelSourceError("the model has no [yolo] layers, so it is not a detector")
     if model.heads[0].classes != info.num_classes:
-        raise ValueError(
+        raise loading.ModelSourceError(
             f"the model predicts {model.heads[0].classes} classes, {info.name} has "
             f"{info.num_classes}"
         )
@@ -110,7 +110,9 @@ def run(
     if jax.device_count() > 1:
         batch = config.data.eval_batch_size or config.data.batch_size
         if batch % jax.device_count():
-            raise ValueError(f"eval batch {batch} is not divisible by {jax.device_count()} devices")
+            raise ConfigError(
+                f"eval batch {batch} is not divisible by {jax.device_count()} devices"
+            )
         predict = evaluation.shard_predict_fn(
             predict, jax.make_mesh((jax.device_count(),), ("data",))
         )

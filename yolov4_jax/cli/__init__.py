@@ -1,18 +1,28 @@
-"""What the command-line programs share: absl flag parsing with clear config errors.
+"""What the command-line programs share: clear flag errors and one error convention.
 
 ``ml_collections`` config flags report an override of a field the config does not have
 (``--config.data.nope=1``) as a raw ``AttributeError``/``KeyError`` traceback, and a config
 file that fails to load as an ``OSError``; `run` turns each into one line that names the flag
 and what was expected, and exits with status 2, as absl does for its own flag errors.
+
+Every program reports the project's own errors (`yolov4_jax.Error`: a bad config, cfg, dataset,
+checkpoint or input) the same way: one line ``error: <what is wrong and what to change>`` on
+stderr and exit status 1 (`report`, `one_line_errors`). Any other exception is a bug, and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
+
+from yolov4_jax import Error
+
+EXIT_ERROR = 1  # the project's own errors; 2 is absl's and argparse's for bad flags
 
 
 def _config_flag_for(argv: Sequence[str], key: str) -> str | None:
@@ -56,6 +66,26 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def report(error: Error) -> int:
+    """Prints a project error as one ``error: ...`` line on stderr; returns the exit status."""
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def one_line_errors(main: Callable[..., object]) -> Callable[..., object]:
+    """``main`` with the project's errors printed by `report` and ending the program (status
+    1); other exceptions propagate with their traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Error as e:
+            sys.exit(report(e))
+
+    return wrapped
+
+
 def run(main: Callable[[list[str]], object]) -> None:
-    """``absl.app.run(main)`` with `parse_flags`."""
-    app.run(main, flags_parser=parse_flags)
+    """``absl.app.run(main)`` with `parse_flags` and `one_line_errors`."""
+    app.run(one_line_errors(main), flags_parser=parse_flags)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from yolov4_jax import Error
 from yolov4_jax.models import network, specs
 
 
-class WeightsError(ValueError):
+class WeightsError(Error, ValueError):
     """A weights file that does not fit its cfg; the message names layer and counts."""
 
 

@@ -14,6 +14,7 @@ from yolov4_jax.data.classification import (
 )
 from yolov4_jax.data.pipeline import (
     boxes_to_original,
+    close_iterator,
     create_eval_iterator,
     create_train_iterator,
     num_eval_batches,
@@ -33,6 +34,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
 __all__ = [
     "DatasetInfo",
     "boxes_to_original",
+    "close_iterator",
     "create_classification_eval_iterator",
     "create_classification_train_iterator",
     "create_eval_iterator",

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from yolov4_jax import Error
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Boxes may stick out of the image by this much (pixels; annotation tools round) before
 # counting as outside; they are clipped.
@@ -44,7 +46,7 @@ MALFORMED = "malformed_annotation"
 NO_BOXES = "no_boxes"
 
 
-class DataError(ValueError):
+class DataError(Error, ValueError):
     """Bad input that prepare refuses to convert."""
 
 

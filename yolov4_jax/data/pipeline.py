@@ -17,6 +17,8 @@ ground truth as COCO scores it: ``gt_boxes`` float32 [B, M, 4] xyxy in original 
 
 from __future__ import annotations
 
+import atexit
+import gc
 import math
 import threading
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
+from grain._src.python.ipc import shared_memory_array  # the queue of shm deletions
 
 from yolov4_jax.data import augment, sources
 from yolov4_jax.data.augment import AugmentParams, Sample
@@ -429,6 +432,9 @@ class _EvalBatches(_BatchTransform):
         return out
 
 
+_RELEASE_AT_EXIT = False
+
+
 def _loader(transform: _BatchTransform, num_steps: int | None, workers: int) -> Any:
     if workers > 0:
         # grain 0.2.18 reads absl flags in its worker processes; outside absl.app.run they
@@ -437,6 +443,10 @@ def _loader(transform: _BatchTransform, num_steps: int | None, workers: int) -> 
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
+        global _RELEASE_AT_EXIT
+        if not _RELEASE_AT_EXIT:
+            atexit.register(release_shared_memory)
+            _RELEASE_AT_EXIT = True
     sampler = grain.samplers.IndexSampler(
         num_records=num_steps or _STREAM_LENGTH,
         shard_options=grain.sharding.NoSharding(),
@@ -452,6 +462,35 @@ def _loader(transform: _BatchTransform, num_steps: int | None, workers: int) -> 
         read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=2),
     )
     return iter(loader)
+
+
+def close_iterator(iterator: Any) -> None:
+    """Stops a loader iterator's worker processes and unlinks the shared memory of its batches
+    (else Python's resource tracker warns of leaked shared_memory objects at exit: grain issue
+    #1031). Idempotent; every iterator a run makes ends here."""
+    inner = getattr(iterator, "_iterator", iterator)  # grain.DataLoaderIterator wraps it
+    close = getattr(inner, "close", None)
+    if close is not None:
+        close()
+    release_shared_memory()
+
+
+def release_shared_memory() -> None:
+    """Unlinks the shared memory of the worker batches no longer referenced, now.
+
+    A batch from a worker process lives in shared memory that grain unlinks when the array is
+    garbage collected, on a background thread; at exit that thread's queue is dropped, and an
+    array still alive then is never unlinked (its ``__del__`` runs after module teardown). So:
+    collect, then wait for the queue (one thread, first in first out) to drain. Also run at
+    exit (`_loader` registers it), after the program's last batch is released.
+    """
+    gc.collect()
+    pool = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        try:
+            pool.apply(int)  # returns once the deletions queued before it are done
+        except ValueError:  # the pool was closed
+            pass
 
 
 def _prepared(

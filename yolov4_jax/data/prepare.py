@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import registered
 
+from yolov4_jax import Error, cli
 from yolov4_jax.data import formats, sources, synthetic
 from yolov4_jax.data.formats import DataError, Example, Problem
 
@@ -50,6 +51,7 @@ class Report:
     skipped_images: int
     empty_images: int
     dataset_dir: str
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what the user should know
 
     def counts(self) -> dict[str, int]:
         return dict(collections.Counter(p.kind for p in self.problems))
@@ -230,6 +232,17 @@ def prepare(
     for split, examples in splits.items():
         if not examples:
             raise DataError(f"split {split!r} has no images left to write")
+    warnings = []
+    if format != "folder" and not any(len(ex.labels) for e in splits.values() for ex in e):
+        warnings.append(
+            "no image has a box: a detector cannot learn from this dataset (are the "
+            "annotations or labels the right ones?)"
+        )
+    if "validation" not in splits:
+        warnings.append(
+            "no validation split was asked for (--val-fraction F or --val-images DIR): train "
+            "with --config.train.eval_split='' (no evaluation), or prepare again with one"
+        )
 
     data_dir = sources.resolve_data_dir(data_dir)
     target = os.path.join(data_dir, name)
@@ -248,7 +261,10 @@ def prepare(
         skipped_images=len(bad),
         empty_images=empty,
         dataset_dir=str(builder.data_dir),
+        warnings=warnings,
     )
+    for warning in warnings:
+        logging.warning("prepare: %s", warning)
     logging.info(
         "prepare: wrote %s to %s; %s; skipped %d bad image(s), %d without boxes %s; problems %s",
         name,
@@ -300,12 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         report = prepare(**{k: v for k, v in vars(args).items()})
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Error as e:  # the project's own errors: one line (yolov4_jax.cli)
+        return cli.report(e)
+    # Printed, not logged: a root logger already set up (by an import) would hide INFO lines.
     print(
         f"{report.dataset_dir}: {report.split_sizes}, skipped {report.skipped_images}, "
-        f"without boxes {report.empty_images}"
+        f"without boxes {report.empty_images}, problems {report.counts() or 'none'}"
     )
     return 0
 

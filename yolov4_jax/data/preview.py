@@ -91,26 +91,29 @@ def write_preview(config: ml_collections.ConfigDict, out_dir: str, num: int) -> 
         )
     iterator = data.create_train_iterator(config, seed=config.get("seed", 0))
     index: dict[str, dict] = {}
-    while len(index) < num:
-        batch = next(iterator)
-        height, width = batch["image"].shape[1:3]
-        scale = np.array([width, height, width, height], np.float32)
-        for i in range(min(len(batch["image"]), num - len(index))):
-            mask = batch["mask"][i]
-            boxes = batch["boxes"][i][mask] * scale
-            labels = batch["labels"][i][mask]
-            name = f"input_{len(index):04d}.png"
-            image = batch["image"][i]
-            cv2.imwrite(os.path.join(out_dir, name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(
-                os.path.join(out_dir, name.replace("input_", "annotated_")),
-                annotate(image, boxes, labels, names),
-            )
-            index[name] = {
-                "boxes": [[round(float(v), 2) for v in box] for box in boxes],
-                "labels": labels.tolist(),
-                "names": [names[k] for k in labels],
-            }
+    try:
+        while len(index) < num:
+            batch = next(iterator)
+            height, width = batch["image"].shape[1:3]
+            scale = np.array([width, height, width, height], np.float32)
+            for i in range(min(len(batch["image"]), num - len(index))):
+                mask = batch["mask"][i]
+                boxes = batch["boxes"][i][mask] * scale
+                labels = batch["labels"][i][mask]
+                name = f"input_{len(index):04d}.png"
+                image = batch["image"][i]
+                cv2.imwrite(os.path.join(out_dir, name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                cv2.imwrite(
+                    os.path.join(out_dir, name.replace("input_", "annotated_")),
+                    annotate(image, boxes, labels, names),
+                )
+                index[name] = {
+                    "boxes": [[round(float(v), 2) for v in box] for box in boxes],
+                    "labels": labels.tolist(),
+                    "names": [names[k] for k in labels],
+                }
+    finally:
+        data.close_iterator(iterator)  # stops the workers, frees their shared memory
     with open(os.path.join(out_dir, "boxes.json"), "w") as f:
         json.dump(index, f, indent=1)
     return index

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from yolov4_jax import Error
 from yolov4_jax.data import synthetic
 from yolov4_jax.data.augment import Sample
 
@@ -41,6 +42,17 @@ _EMBEDDED = {
     SYNTHETIC_NAME: synthetic.Yolov4Synthetic,
     SYNTHETIC_CLS_NAME: synthetic.Yolov4SyntheticCls,
 }
+
+
+class DatasetNotFoundError(Error, FileNotFoundError):
+    """``config.data.name`` is not prepared in ``config.data.data_dir``; the message says how."""
+
+
+class SplitNotFoundError(Error, KeyError):
+    """The dataset has no such split; the message lists the ones it has."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +104,7 @@ def load_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         return builder
     path = _find_prepared(name, data_dir)
     if path is None:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"Dataset {name!r} is not prepared in {data_dir!r}. Convert a COCO, YOLO or "
             "class-subfolder folder with `python -m yolov4_jax.data.prepare ... --name NAME "
             "--data-dir DIR`, prepare a tfds dataset in array_record format (`tfds build "
@@ -110,7 +122,7 @@ def builder_from_directory(path: str) -> tfds.core.DatasetBuilder:
 def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
     """A random-access source of ``split`` whose records keep the image encoded."""
     if split not in builder.info.splits:
-        raise KeyError(
+        raise SplitNotFoundError(
             f"{builder.name} has no split {split!r}; it has {sorted(builder.info.splits)}"
         )
     try:

@@ -304,13 +304,16 @@ def evaluate(
         config, split, process_index=process_index, process_count=process_count
     )
     pending = None
-    for _, batch in zip(range(num_batches), iterator, strict=False):
-        # Dispatch this batch before fetching the last one, so the device works meanwhile.
-        dets = predict_fn(variables, batch["image"])
-        if pending is not None:
-            collect(*pending)
-            bar.update(1)
-        pending = (batch, dets)
+    try:
+        for _, batch in zip(range(num_batches), iterator, strict=False):
+            # Dispatch this batch before fetching the last one, so the device works meanwhile.
+            dets = predict_fn(variables, batch["image"])
+            if pending is not None:
+                collect(*pending)
+                bar.update(1)
+            pending = (batch, dets)
+    finally:
+        data.close_iterator(iterator)
     if pending is not None:
         collect(*pending)
         bar.update(1)

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from yolov4_jax import darknet
+from yolov4_jax import Error, darknet
 from yolov4_jax.darknet import weights as darknet_weights
 from yolov4_jax.models import Network, factory
 from yolov4_jax.training import checkpoints
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(Error, ValueError):
     """Conflicting, missing or unreadable model sources; the message says what to pass."""
 
 

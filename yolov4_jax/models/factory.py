@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from yolov4_jax import darknet
+from yolov4_jax import ConfigError, darknet
 from yolov4_jax.models import csp, cspresnext, tiny, yolov4
 from yolov4_jax.models import layers as layers_lib
 from yolov4_jax.models.network import Network
@@ -51,7 +51,7 @@ def _check_switches(c: ml_collections.ConfigDict) -> None:
         changed += [k for k in ("width", "depth") if c.get(k, 1.0) != 1.0]
         changed += ["anchors"] * bool(c.anchors) + ["head_options"] * bool(_head_options(c))
         if changed:
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.{', config.model.'.join(changed)} set, but model.name=cfg builds "
                 f"{c.cfg_path or 'the cfg file'} exactly as written and would ignore them; edit "
                 "the cfg instead, or use config.model.name=yolov4 for architecture ablations"
@@ -61,7 +61,7 @@ def _check_switches(c: ml_collections.ConfigDict) -> None:
         changed = [k for k in changed if k not in _CLASSIFIER_SWITCHES]
         if changed or _head_options(c) or c.anchors:
             extra = ["head_options"] * bool(_head_options(c)) + ["anchors"] * bool(c.anchors)
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.{', config.model.'.join(changed + extra)} set, but the "
                 f"{c.name} classifier has no neck or heads; it takes only "
                 f"{', '.join(_CLASSIFIER_SWITCHES)}, width and depth"
@@ -70,7 +70,7 @@ def _check_switches(c: ml_collections.ConfigDict) -> None:
     if c.name == "yolov4_tiny" and c.get("depth", 1.0) != 1.0:
         changed.append("depth")
     if changed:
-        raise ValueError(
+        raise ConfigError(
             f"config.model.{', config.model.'.join(changed)} set, but {c.name} follows its "
             "darknet cfg and does not take these switches; use config.model.name=yolov4 "
             "(with width/depth multipliers) for architecture ablations"
@@ -87,7 +87,7 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         extra = {}
         if c.get("residual_fusion", "add") != "add":
             if c.name != "cspdarknet53":
-                raise ValueError(
+                raise ConfigError(
                     f"config.model.residual_fusion={c.residual_fusion!r}: only cspdarknet53 "
                     f"takes it, not {c.name}"
                 )
@@ -108,7 +108,7 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         # the heads, smallest anchors to the finest head.
         heads = 2 if c.name == "yolov4_tiny" else 3
         if len(anchors) % heads:
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.anchors: {len(anchors)} anchors do not split evenly over "
                 f"the {heads} heads of {c.name}"
             )
@@ -140,7 +140,7 @@ def model_layers(model_config: ml_collections.ConfigDict, num_classes: int | Non
         return csp.yolov4_csp_layers(
             **common, width=c.width, depth=c.depth, head_options=_head_options(c) or None
         )
-    raise ValueError(f"config.model.name must be one of {VARIANTS}, got {c.name!r}")
+    raise ConfigError(f"config.model.name must be one of {VARIANTS}, got {c.name!r}")
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int | None = None):
@@ -155,12 +155,12 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int | Non
         if advice:
             logging.warning("config.model.dtype=bfloat16: %s", advice)
     if model_config.conv_gradients not in layers_lib.CONV_GRADIENTS:
-        raise ValueError(
+        raise ConfigError(
             f"config.model.conv_gradients must be one of {layers_lib.CONV_GRADIENTS}, "
             f"got {model_config.conv_gradients!r}"
         )
     if model_config.conv_algorithm not in layers_lib.CONV_ALGORITHMS:
-        raise ValueError(
+        raise ConfigError(
             f"config.model.conv_algorithm must be one of {layers_lib.CONV_ALGORITHMS}, "
             f"got {model_config.conv_algorithm!r}"
         )

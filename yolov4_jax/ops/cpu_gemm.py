@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolov4_jax import Error
 from yolov4_jax.ops import conv_gradients
 
 SOURCE = Path(__file__).with_name("cpu_gemm.cc")
@@ -50,7 +51,7 @@ _HANDLERS = {
 }
 
 
-class CpuGemmError(RuntimeError):
+class CpuGemmError(Error, RuntimeError):
     """The oneMKL kernels cannot be built or loaded here; the message says why."""
 
 

@@ -1,32 +1,111 @@
-"""Orbax checkpoints of a training run: the latest and the best, each with the data position.
+"""Orbax checkpoints of a training run: the latest ones and the best, each with the data position.
 
-``WORKDIR/checkpoints/<step>/`` holds the latest state (params, BN statistics, optimizer
+``WORKDIR/checkpoints/<step>/`` holds the last ``keep`` states (params, BN statistics, optimizer
 state, EMA, step, RNG) and the grain iterator's position (JSON), written asynchronously;
-``WORKDIR/best/<step>/`` holds the state with the best ``eval/<best_metric>`` so far (orbax
-keeps the metric with it, so the choice survives restarts). Resume reads the latest.
+``WORKDIR/best/<step>/`` holds the state (and data position) with the best
+``eval/<best_metric>`` so far (orbax keeps the metric with it, so the choice survives restarts).
+Resume reads the latest. A checkpoint that cannot be read, or does not fit the run, is a
+`CheckpointError` naming its folder and what is wrong; with ``fallback`` the resume tries the
+older ones, then ``best/``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from yolov4_jax import Error
 from yolov4_jax.models import factory
 
 
+class CheckpointError(Error):
+    """A checkpoint that cannot be read or does not fit the run; the message names its folder."""
+
+
+def _key(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{key path: shape} of a tree's array leaves (attributes and dict keys alike)."""
+    return {
+        tuple(_key(k) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    }
+
+
+def _reason(error: BaseException) -> str:
+    """One line out of orbax's and TensorStore's chained exceptions: the deepest status
+    message (``OUT_OF_RANGE: ...``, ``NOT_FOUND: ...``), else the outermost first line."""
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in reversed(chain):
+        text = str(e).strip()
+        if re.match(r"[A-Z]+(_[A-Z]+)*: ", text):  # an absl status, as TensorStore raises
+            return text.splitlines()[0][:300]
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+class _QuietAsyncio:
+    """Orbax's failed reads leave asyncio tasks and coroutines whose exceptions are printed,
+    screens long, when they are garbage collected (some only at exit, ending in a misleading
+    ``RuntimeError: Event loop is closed``); the restore's own error already says what went
+    wrong, so after a failed read those leftovers are dropped."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("asyncio")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and sys.unraisablehook is not _drop_orbax_leftovers:
+            global _previous_unraisablehook
+            _previous_unraisablehook = sys.unraisablehook
+            sys.unraisablehook = _drop_orbax_leftovers
+        gc.collect()  # the failed tasks are logged (and so silenced) now, not at exit
+        self._logger.setLevel(self._level)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _drop_orbax_leftovers(unraisable) -> None:
+    """`sys.unraisablehook` once a checkpoint read failed: orbax's abandoned coroutines and
+    the closed event loop they call back into are not reported; anything else is."""
+    code = getattr(unraisable.object, "cr_code", None)
+    leftover = code is not None and "orbax" in code.co_filename
+    if leftover or "Event loop is closed" in str(unraisable.exc_value):
+        return
+    _previous_unraisablehook(unraisable)
+
+
 class Checkpointer:
-    def __init__(self, workdir: str, *, best_metric: str = "AP", keep: int = 1):
+    def __init__(self, workdir: str, *, best_metric: str = "AP", keep: int = 2):
+        if int(keep) < 1:
+            raise CheckpointError(f"keep={keep}: at least one checkpoint must be kept")
         self.directory = os.path.join(workdir, "checkpoints")
         self.best_directory = os.path.join(workdir, "best")
         self._best_key = f"eval/{best_metric}"
         self._latest = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True),
             item_names=("state", "data"),
         )
         self._best = ocp.CheckpointManager(
@@ -38,7 +117,7 @@ class Checkpointer:
                 best_mode="max",
                 keep_checkpoints_without_metrics=False,
             ),
-            item_names=("state",),
+            item_names=("state", "data"),
         )
 
     def latest_step(self) -> int | None:
@@ -54,39 +133,100 @@ class Checkpointer:
         force: bool = False,
     ) -> None:
         """Saves the latest (asynchronously); with metrics, also the best if it improved."""
+        data = ocp.args.JsonSave(json.loads(iterator.get_state().decode()))
         if self._latest.latest_step() != step:
-            data_state = json.loads(iterator.get_state().decode())
             self._latest.save(
                 step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-                ),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data),
                 force=force,
             )
         if metrics and self._best_key in metrics:
             self._best.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data),
                 metrics={self._best_key: float(metrics[self._best_key])},
                 force=True,
             )
 
-    def restore_latest(self, state: Any, iterator: Any | None = None) -> Any:
+    def restore_latest(
+        self, state: Any, iterator: Any | None = None, *, fallback: bool = False
+    ) -> Any:
         """The latest checkpoint restored into ``state``'s structure and sharding (else
-        ``state`` unchanged); the iterator is moved to the saved position."""
-        step = self._latest.latest_step()
-        if step is None:
-            return state
-        return self.restore(step, state, iterator)
+        ``state`` unchanged); the iterator is moved to the saved position.
+
+        A latest checkpoint that cannot be read raises `CheckpointError` naming its folder and
+        what is wrong; with ``fallback``, the older ones and then ``best/`` are tried in turn
+        (each failure logged in one line). A checkpoint that does not fit the run (another
+        model or dataset) raises at once: an older one would not fit either.
+        """
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        candidates = [(self._latest, self.directory, s) for s in steps]
+        best = self._best.best_step() if fallback else None
+        if best is not None:
+            candidates.append((self._best, self.best_directory, best))
+        failures = []
+        for manager, directory, step in candidates:
+            try:
+                restored = self._restore(manager, directory, step, state, iterator)
+            except _Unreadable as e:
+                if not fallback:
+                    older = f" (or step {steps[1]})" if len(steps) > 1 else ""
+                    raise CheckpointError(
+                        f"{e}. Remove that folder to resume from the previous checkpoint{older}, "
+                        "or pass --config.train.restore_fallback=True to do so automatically"
+                    ) from None
+                logging.warning("cannot resume from %s; trying an older checkpoint", e)
+                failures.append(str(e))
+                continue
+            if failures:
+                logging.warning("resumed from %s", os.path.join(directory, str(step)))
+            return restored
+        if failures:
+            raise CheckpointError(
+                "no checkpoint could be read: "
+                + "; ".join(failures)
+                + ". Remove WORKDIR/checkpoints and WORKDIR/best to start over"
+            )
+        return state
 
     def restore(self, step: int, state: Any, iterator: Any | None = None) -> Any:
+        """The latest manager's ``step`` restored into ``state``'s structure and sharding."""
+        try:
+            return self._restore(self._latest, self.directory, step, state, iterator)
+        except _Unreadable as e:
+            raise CheckpointError(str(e)) from None
+
+    def _restore(self, manager, directory: str, step: int, state: Any, iterator: Any | None):
+        path = os.path.join(directory, str(step))
+        _check_files(path, with_data=iterator is not None)
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            with _QuietAsyncio():
+                saved = handler.metadata(epath.Path(path) / "state")
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds for a bad folder
+            raise _Unreadable(f"{path}: cannot read its metadata ({_reason(e)})") from None
+        finally:
+            handler.close()
+        saved = getattr(saved, "tree", saved)
+        _check_fits(path, saved, state)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         items = {"state": ocp.args.StandardRestore(abstract)}
         if iterator is not None:
             items["data"] = ocp.args.JsonRestore()
-        restored = self._latest.restore(step, args=ocp.args.Composite(**items))
+        try:
+            with _QuietAsyncio():
+                restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001
+            raise _Unreadable(f"{path}: cannot be read ({_reason(e)})") from None
         if iterator is not None:
-            iterator.set_state(json.dumps(restored["data"]).encode())
+            try:
+                iterator.set_state(json.dumps(restored["data"]).encode())
+            except ValueError as e:
+                raise CheckpointError(
+                    f"{path}: its data position does not fit this run's dataset "
+                    f"({' '.join(str(e).split())}); resume with the run's config.data.name and "
+                    "config.data.data_dir, or start a new --workdir"
+                ) from None
         return restored["state"]
 
     def restore_best(self, state: Any) -> Any:
@@ -124,6 +264,38 @@ class Checkpointer:
         self.wait()
         self._latest.close()
         self._best.close()
+
+
+class _Unreadable(Exception):
+    """A checkpoint folder that cannot be read (as opposed to one that does not fit)."""
+
+
+def _check_files(path: str, with_data: bool) -> None:
+    """What orbax reports late and obscurely, said first: an emptied folder, a missing part."""
+    if not os.path.isdir(path) or not os.listdir(path):
+        raise _Unreadable(f"{path}: the checkpoint folder is empty")
+    needed = ["state/_METADATA", "state/manifest.ocdbt"] + (["data"] if with_data else [])
+    missing = [n for n in needed if not os.path.exists(os.path.join(path, n))]
+    if missing:
+        raise _Unreadable(f"{path}: {', '.join(missing)} missing (an incomplete or damaged copy)")
+
+
+def _check_fits(path: str, saved: Any, state: Any) -> None:
+    """The saved parameters have the model's names and shapes (else another model or class
+    count is being resumed: a `CheckpointError` naming the first difference)."""
+    params = getattr(state, "params", None)
+    if params is None or not isinstance(saved, Mapping) or "params" not in saved:
+        return
+    have, want = _shapes(saved["params"]), _shapes(params)
+    for key in sorted(set(have) | set(want)):
+        if have.get(key) != want.get(key):
+            name = "/".join(key)
+            raise CheckpointError(
+                f"{path}: parameter {name} is {list(have[key]) if key in have else 'absent'} in "
+                f"the checkpoint but {list(want[key]) if key in want else 'absent'} in this "
+                "run's model (another model, width or class count); resume with the run's "
+                "config and dataset, or start a new --workdir"
+            )
 
 
 def load_for_inference(workdir: str, which: str = "best"):

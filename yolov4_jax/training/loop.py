@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from yolov4_jax import ConfigError, Error
 from yolov4_jax import data as data_lib
 from yolov4_jax.models import factory, output_shapes, specs
 from yolov4_jax.ops import hostmem
@@ -54,12 +56,16 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class NonFiniteLossError(Error, FloatingPointError):
+    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+
+
 def _check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
     b, s = config.data.batch_size, config.optim.subdivisions
     if not b >= 1:
-        raise ValueError(f"config.data.batch_size={b}: expected a positive number of images")
+        raise ConfigError(f"config.data.batch_size={b}: expected a positive number of images")
     if s < 1 or b % (s * num_devices) and not config.data.dynamic_minibatch:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.batch_size={b} must be divisible by config.optim.subdivisions={s} "
             f"times the {num_devices} devices"
         )
@@ -67,14 +73,14 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def check_config(config: ml_collections.ConfigDict, model) -> None:
     """The values a run would otherwise trip over late (or silently): checked before anything
-    is written or compiled. Raises ValueError naming the field and what it expects."""
+    is written or compiled. Raises ConfigError naming the field and what it expects."""
     o, d = config.optim, config.data
     if not (math.isfinite(o.learning_rate) and o.learning_rate > 0):
-        raise ValueError(
+        raise ConfigError(
             f"config.optim.learning_rate={o.learning_rate}: expected a positive number"
         )
     if not int(o.max_batches) >= 1:
-        raise ValueError(f"config.optim.max_batches={o.max_batches}: expected at least 1 update")
+        raise ConfigError(f"config.optim.max_batches={o.max_batches}: expected at least 1 update")
     if not model.heads:
         return
     # Each [yolo] head's grid must tile the canvas: sides multiple of the largest stride.
@@ -89,10 +95,45 @@ def check_config(config: ml_collections.ConfigDict, model) -> None:
         sizes["config.data.random_shapes_step"] = d.random_shapes_step
     for field, size in sizes.items():
         if not (int(size) >= stride and int(size) % stride == 0):
-            raise ValueError(
+            raise ConfigError(
                 f"{field}={size}: expected a positive multiple of the network's largest "
                 f"stride, {stride}"
             )
+
+
+def check_splits(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> None:
+    """The dataset has a train split and the split evaluation reads (unless there is none)."""
+    splits = sorted(info.split_sizes)
+    if "train" not in info.split_sizes:
+        raise ConfigError(f"dataset {info.name!r} has no 'train' split (it has {splits})")
+    split = config.train.eval_split
+    if split and split not in info.split_sizes:
+        raise ConfigError(
+            f"config.train.eval_split={split!r}: dataset {info.name!r} has no such split (it "
+            f"has {splits}). Prepare one (python -m yolov4_jax.data.prepare ... "
+            "--val-fraction 0.1, or --val-images DIR), name one of its splits, or set "
+            "--config.train.eval_split='' to train without evaluation"
+        )
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict, info) -> None:
+    """A workdir with a run in it is resumed only with that run's task and classes."""
+    path = os.path.join(workdir, "dataset.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        names = list(saved["class_names"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); is {workdir} a training workdir?") from None
+    task = saved.get("task", config.task)
+    if names != list(info.class_names) or task != config.task:
+        raise ConfigError(
+            f"{workdir} holds a {task} run on {saved.get('name')!r} ({len(names)} classes); this "
+            f"config trains {config.task} on {info.name!r} ({info.num_classes} classes). Resume "
+            "with the run's dataset, or start a new --workdir"
+        )
 
 
 def train_and_evaluate(
@@ -103,119 +144,178 @@ def train_and_evaluate(
     ``stop_at_step`` ends this run early at that step with a checkpoint, as a preemption
     would (for time-boxed jobs; the schedule still follows ``optim.max_batches``).
     Returns the last evaluation's metrics (``eval/...`` keys; empty if none ran).
+
+    Everything that can be checked is checked before the workdir is touched; its records
+    (config.json, dataset.json, metrics) change only once the restore and the first step have
+    succeeded, so a run that refuses, or fails before its first step, leaves the workdir as it
+    was (a new one is removed).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     is_main = jax.process_index() == 0
     mesh = make_mesh()
-    num_devices = mesh.devices.size
-    _check_batch(config, num_devices)
+    _check_batch(config, mesh.devices.size)
 
     info = data_lib.dataset_info(config)
+    if config.task == "detection" and int(config.model.num_classes) != info.num_classes:
+        logging.info(
+            "the model predicts the %d classes of %s (config.model.num_classes=%s applies "
+            "only where there is no dataset)",
+            info.num_classes,
+            info.name,
+            config.model.num_classes,
+        )
     tasks.check_dataset(config, info)
+    check_splits(config, info)
     model = factory.create_model(config.model, num_classes=info.num_classes)
     check_config(config, model)
+    check_workdir(workdir, config, info)
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)  # only once the run's values are known to be usable
-    # data.jitter / data.resize left at None follow the last [yolo] head, as in darknet.
-    config = data_lib.with_head_augmentation(config, model.heads)
-    task = tasks.create(config, model)
-    total_steps = int(config.optim.max_batches)
-    tx, schedule = optim.make_optimizer(
-        config.optim, global_batch_size=config.data.batch_size, total_steps=total_steps
-    )
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        with open(os.path.join(workdir, "dataset.json"), "w") as f:
+    run = _Run(workdir, config, info, model, mesh, stop_at_step)
+    try:
+        return run.train()
+    except BaseException:
+        if created and not run.started and is_main:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+class _Run:
+    """One call of `train_and_evaluate` once its checks have passed."""
+
+    def __init__(self, workdir, config, info, model, mesh, stop_at_step):
+        self.workdir, self.info, self.model, self.mesh = workdir, info, model, mesh
+        self.stop_at_step = stop_at_step
+        self.started = False  # the workdir's records were written
+        # data.jitter / data.resize left at None follow the last [yolo] head, as in darknet.
+        self.config = data_lib.with_head_augmentation(config, model.heads)
+
+    def _write_records(self) -> None:
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            f.write(self.config.to_json_best_effort(indent=2, sort_keys=True))
+        with open(os.path.join(self.workdir, "dataset.json"), "w") as f:
             json.dump(
-                {"name": info.name, "task": config.task, "class_names": list(info.class_names)},
+                {
+                    "name": self.info.name,
+                    "task": self.config.task,
+                    "class_names": list(self.info.class_names),
+                },
                 f,
                 indent=1,
             )
 
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(
-        create_train_state(model, config, tx, jax.random.PRNGKey(config.seed)), replicated
-    )
-    hostmem.release()  # what init freed (see yolov4_jax.ops.hostmem)
-    local_devices = jax.local_device_count()
-    train_iter = task.train_iterator(
-        config,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        seed=config.seed,
-        batch_multiple=local_devices * config.optim.subdivisions,
-    )
-    ckpt = checkpoints.Checkpointer(workdir, best_metric=config.train.best_metric)
-    state = ckpt.restore_latest(state, train_iter)
-    start_step = int(jax.device_get(state.step))
-    if start_step:
-        logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+    def train(self) -> dict[str, float]:
+        config, info, model, mesh, workdir = (
+            self.config,
+            self.info,
+            self.model,
+            self.mesh,
+            self.workdir,
+        )
+        is_main = jax.process_index() == 0
+        task = tasks.create(config, model)
+        total_steps = int(config.optim.max_batches)
+        tx, schedule = optim.make_optimizer(
+            config.optim, global_batch_size=config.data.batch_size, total_steps=total_steps
+        )
+        replicated = NamedSharding(mesh, P())
+        state = jax.device_put(
+            create_train_state(model, config, tx, jax.random.PRNGKey(config.seed)), replicated
+        )
+        hostmem.release()  # what init freed (see yolov4_jax.ops.hostmem)
+        tc = config.train
+        train_iter = task.train_iterator(
+            config,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            seed=config.seed,
+            batch_multiple=jax.local_device_count() * config.optim.subdivisions,
+        )
+        ckpt = writer = progress = None
+        try:
+            ckpt = checkpoints.Checkpointer(
+                workdir, best_metric=tc.best_metric, keep=tc.keep_checkpoints
+            )
+            state = ckpt.restore_latest(state, train_iter, fallback=tc.restore_fallback)
+            start_step = int(jax.device_get(state.step))
+            if start_step:
+                logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+            train_step = make_train_step(model, config, tx, schedule, mesh)
 
-    train_step = make_train_step(model, config, tx, schedule, mesh)
-    writer = metric_writer.MetricWriter(workdir, enabled=is_main, start_step=start_step)
+            def evaluator(state):
+                return task.evaluate(eval_variables(state), config, info, mesh)
 
-    def evaluator(state):
-        return task.evaluate(eval_variables(state), config, info, mesh)
-
-    tc = config.train
-    eval_metrics: dict[str, float] = {}
-    pending: list[tuple[int, dict[str, Array]]] = []
-    step = start_step
-    last_time, last_step = time.time(), step
-    images_seen = 0
-    progress = _progress_bar(is_main, start_step, total_steps)
-    try:
-        with _Preemption() as preemption:
-            while step < total_steps:
-                local = next(train_iter)
-                images_seen += local["image"].shape[0] * jax.process_count()
-                with hostmem.collector_paused():  # the first call (and a new shape) traces
-                    state, metrics = train_step(state, global_batch(local, mesh))
-                step += 1
-                if step == start_step + 1:
-                    hostmem.release()  # what the compiler freed
-                pending.append((step, metrics))
-                at_end = step == total_steps
-                do_eval = at_end or (tc.eval_every and step % tc.eval_every == 0)
-                log_now = step % tc.log_every == 0 or at_end or preemption.requested
-                stopping = stop_at_step is not None and step >= stop_at_step
-                saving = do_eval or step % tc.checkpoint_every == 0 or preemption.requested
-                # Every update is checked: this one when the step waits for the device anyway
-                # (logging, saving), so nothing is saved after a skipped update; otherwise the
-                # previous one, finished by now, so the check does not stall the device.
-                _check_finite(
-                    pending[-1:] if log_now or saving or stopping else pending[-2:-1], ckpt
-                )
-                if log_now:
-                    now = time.time()
-                    summary = _summarise(pending)
-                    summary["train/images_per_sec"] = images_seen / max(now - last_time, 1e-9)
-                    summary["train/steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
-                    writer.write(step, summary)
-                    progress.update(step - last_step)
-                    progress.set_postfix(_postfix(summary, task.progress_keys), refresh=False)
-                    pending, last_time, last_step, images_seen = [], now, step, 0
-                if do_eval:
-                    eval_metrics = evaluator(state)
-                    writer.write(step, eval_metrics)
-                    ckpt.save(step, state, train_iter, eval_metrics, force=True)
-                    if is_main:
-                        logging.info("step %d: %s", step, _format_eval(eval_metrics))
-                elif step % tc.checkpoint_every == 0 or preemption.requested:
-                    ckpt.save(step, state, train_iter)
-                if preemption.requested:
-                    logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
-                    break
-                if stopping and not at_end:
-                    ckpt.save(step, state, train_iter)
-                    break
-    finally:
-        progress.close()
-        ckpt.close()
-        writer.close()
-    if step >= total_steps and is_main:
-        task.finish(eval_variables(state), config, info, workdir)
-    return eval_metrics
+            eval_metrics: dict[str, float] = {}
+            pending: list[tuple[int, dict[str, Array]]] = []
+            step = start_step
+            last_time, last_step = time.time(), step
+            images_seen = 0
+            with _Preemption() as preemption:
+                while step < total_steps:
+                    local = next(train_iter)
+                    images_seen += local["image"].shape[0] * jax.process_count()
+                    with hostmem.collector_paused():  # the first call (and a new shape) traces
+                        state, metrics = train_step(state, global_batch(local, mesh))
+                    step += 1
+                    if step == start_step + 1:
+                        hostmem.release()  # what the compiler freed
+                        # The run is known to start: only now is the workdir's record changed.
+                        if is_main:
+                            self._write_records()
+                        self.started = True
+                        writer = metric_writer.MetricWriter(
+                            workdir, enabled=is_main, start_step=start_step
+                        )
+                        progress = _progress_bar(is_main, start_step, total_steps)
+                    pending.append((step, metrics))
+                    at_end = step == total_steps
+                    do_eval = bool(tc.eval_split) and (
+                        at_end or (tc.eval_every and step % tc.eval_every == 0)
+                    )
+                    log_now = step % tc.log_every == 0 or at_end or preemption.requested
+                    stopping = self.stop_at_step is not None and step >= self.stop_at_step
+                    scheduled = step % tc.checkpoint_every == 0 or preemption.requested
+                    saving = do_eval or at_end or scheduled
+                    # Every update is checked: this one when the step waits for the device
+                    # anyway (logging, saving), so nothing is saved after a skipped update;
+                    # otherwise the previous one, finished by now, so the check does not
+                    # stall the device.
+                    _check_finite(
+                        pending[-1:] if log_now or saving or stopping else pending[-2:-1], ckpt
+                    )
+                    if log_now:
+                        now = time.time()
+                        summary = _summarise(pending)
+                        elapsed = max(now - last_time, 1e-9)
+                        summary["train/images_per_sec"] = images_seen / elapsed
+                        summary["train/steps_per_sec"] = (step - last_step) / elapsed
+                        writer.write(step, summary)
+                        progress.update(step - last_step)
+                        progress.set_postfix(_postfix(summary, task.progress_keys), refresh=False)
+                        pending, last_time, last_step, images_seen = [], now, step, 0
+                    if saving:
+                        # Saved before evaluating, so a failed evaluation loses no update.
+                        ckpt.save(step, state, train_iter, force=do_eval or at_end)
+                    if do_eval:
+                        eval_metrics = evaluator(state)
+                        writer.write(step, eval_metrics)
+                        ckpt.save(step, state, train_iter, eval_metrics, force=True)
+                        if is_main:
+                            logging.info("step %d: %s", step, _format_eval(eval_metrics))
+                    if preemption.requested:
+                        logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
+                        break
+                    if stopping and not at_end:
+                        ckpt.save(step, state, train_iter)
+                        break
+        finally:
+            for closing in (progress, ckpt, writer):
+                if closing is not None:
+                    closing.close()
+            data_lib.close_iterator(train_iter)
+        if step >= total_steps and is_main and tc.eval_split:
+            task.finish(eval_variables(state), config, info, workdir)
+        return eval_metrics
 
 
 def _progress_bar(enabled: bool, start: int, total: int):
@@ -235,7 +335,7 @@ def _check_finite(pending, ckpt) -> None:
                 for k, v in m.items()
                 if k not in ("finite", "lr", "sat") and not k.startswith("num_")
             )
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {step} ({terms}); the update was not "
                 "applied. The last "
                 f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "

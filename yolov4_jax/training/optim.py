@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from yolov4_jax import ConfigError
+
 Array = jax.Array
 SCHEDULES = ("steps", "cosine", "sgdr", "poly", "constant")
 _MAX_SGDR_CYCLES = 64
@@ -61,7 +63,7 @@ def learning_rate_schedule(
     """
     policy = optim_config["schedule"]
     if policy not in SCHEDULES:
-        raise ValueError(f"schedule {policy!r} is not one of {SCHEDULES}")
+        raise ConfigError(f"schedule {policy!r} is not one of {SCHEDULES}")
     lr = scaled_learning_rate(optim_config, global_batch_size)
     burn_in = int(optim_config["burn_in"])
     power = float(optim_config["burn_in_power"])
@@ -70,7 +72,7 @@ def learning_rate_schedule(
         boundaries = np.asarray(optim_config["steps"], np.int64)
         scales = np.asarray(optim_config["scales"], np.float32)
         if boundaries.shape != scales.shape:
-            raise ValueError(f"steps {boundaries} and scales {scales} differ in length")
+            raise ConfigError(f"steps {boundaries} and scales {scales} differ in length")
 
         def after_burn_in(step: Array) -> Array:
             passed = step[..., None] >= boundaries  # darknet: "if (steps[i] > batch) return"
@@ -112,7 +114,7 @@ def learning_rate_schedule(
 def _sgdr_cycles(first: int, mult: float, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Start and length of each SGDR cycle, enough to cover ``total_steps``."""
     if first < 1 or mult < 1.0:
-        raise ValueError(f"need sgdr_cycle >= 1 and sgdr_mult >= 1, got {first}, {mult}")
+        raise ConfigError(f"need sgdr_cycle >= 1 and sgdr_mult >= 1, got {first}, {mult}")
     starts, sizes = [0], [first]
     while starts[-1] + sizes[-1] < total_steps and len(sizes) < _MAX_SGDR_CYCLES:
         starts.append(starts[-1] + sizes[-1])
@@ -160,7 +162,7 @@ def make_optimizer(
         # Adam with `momentum` as beta1 (yolov5's --optimizer Adam); decay stays L2 as above.
         parts.append(optax.scale_by_adam(b1=optim_config["momentum"], b2=0.999))
     else:
-        raise ValueError(f"config.optim.optimizer must be 'sgd' or 'adam', got {name!r}")
+        raise ConfigError(f"config.optim.optimizer must be 'sgd' or 'adam', got {name!r}")
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule
 

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from yolov4_jax import ConfigError
 from yolov4_jax.models import Network
 from yolov4_jax.training import optim, tasks
 from yolov4_jax.training.state import TrainState, cbn_newest, cbn_push, zero_cmbn
@@ -54,9 +55,9 @@ def make_train_step(
     total_steps = int(config.optim.max_batches)
     tc = config.train
     if tc.bn not in ("bn", "cmbn", "cbn"):
-        raise ValueError(f"config.train.bn must be 'bn', 'cmbn' or 'cbn', got {tc.bn!r}")
+        raise ConfigError(f"config.train.bn must be 'bn', 'cmbn' or 'cbn', got {tc.bn!r}")
     if tc.bn == "cbn" and tc.cbn_window < 1:
-        raise ValueError(f"config.train.cbn_window must be >= 1, got {tc.cbn_window}")
+        raise ConfigError(f"config.train.cbn_window must be >= 1, got {tc.cbn_window}")
     use_cmbn = tc.bn == "cmbn" and subdivisions > 1
     use_cbn = tc.bn == "cbn"
     cbn_history = use_cbn and tc.cbn_window > 1

@@ -24,8 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from yolov4_jax import ConfigError, evaluation
 from yolov4_jax import data as data_lib
-from yolov4_jax import evaluation
 from yolov4_jax.data import preview
 from yolov4_jax.detection import losses, sat
 from yolov4_jax.evaluation import prediction
@@ -41,7 +41,7 @@ def create(config: ml_collections.ConfigDict, model: Network) -> DetectionTask |
         return DetectionTask(model, config)
     if task == "classification":
         return ClassificationTask(model, config)
-    raise ValueError(f"config.task must be one of {TASKS}, got {task!r}")
+    raise ConfigError(f"config.task must be one of {TASKS}, got {task!r}")
 
 
 def check_dataset(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> None:
@@ -49,13 +49,13 @@ def check_dataset(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo)
     task = config.get("task", "detection")
     kind = getattr(info, "task", "detection")
     if kind != task:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.name={config.data.name!r} is a {kind} dataset, but config.task is "
             f"{task!r}; use a {task} dataset or set config.task={kind!r}"
         )
     is_classifier = config.model.name in factory.CLASSIFIERS
     if is_classifier != (task == "classification"):
-        raise ValueError(
+        raise ConfigError(
             f"config.model.name={config.model.name!r} does not fit config.task={task!r}: "
             f"classifiers ({', '.join(factory.CLASSIFIERS)}) go with classification"
         )
@@ -69,7 +69,7 @@ class DetectionTask:
 
     def __init__(self, model: Network, config: ml_collections.ConfigDict):
         if not model.heads:
-            raise ValueError("the detection task needs a model with [yolo] heads")
+            raise ConfigError("the detection task needs a model with [yolo] heads")
         self.model = model
         self.heads = model.heads
         self.loss_options = losses.loss_options(config.loss)
@@ -116,9 +116,9 @@ class ClassificationTask:
 
     def __init__(self, model: Network, config: ml_collections.ConfigDict):
         if model.heads:
-            raise ValueError("the classification task needs a classifier (no [yolo] heads)")
+            raise ConfigError("the classification task needs a classifier (no [yolo] heads)")
         if config.train.sat:
-            raise ValueError(
+            raise ConfigError(
                 "config.train.sat: Self-Adversarial Training is part of the detector's recipe "
                 "(its adversarial loss hides objects); set it False for classification"
             )
@@ -183,14 +183,17 @@ def evaluate_classifier(
     )
     max_batches = config.train.eval_max_batches or None
     totals = np.zeros(4)
-    for n, batch in enumerate(iterator):
-        if max_batches is not None and n >= max_batches:
-            break
-        arrays = [
-            jax.make_array_from_process_local_data(rows, np.asarray(batch[key]))
-            for key in ("image", "label", "valid")
-        ]
-        totals += np.asarray(jax.device_get(counts(variables, *arrays)))
+    try:
+        for n, batch in enumerate(iterator):
+            if max_batches is not None and n >= max_batches:
+                break
+            arrays = [
+                jax.make_array_from_process_local_data(rows, np.asarray(batch[key]))
+                for key in ("image", "label", "valid")
+            ]
+            totals += np.asarray(jax.device_get(counts(variables, *arrays)))
+    finally:
+        data_lib.close_iterator(iterator)
     seen = max(totals[3], 1.0)
     return {
         "eval/top1": totals[0] / seen,
@@ -221,7 +224,11 @@ def write_detections_image(model, variables, config, info, workdir: str, num: in
     predict = prediction.make_predict_fn(model, options)
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.data.eval_batch_size = num
-    batch = next(data_lib.create_eval_iterator(eval_config, config.train.eval_split))
+    iterator = data_lib.create_eval_iterator(eval_config, config.train.eval_split)
+    try:
+        batch = next(iterator)
+    finally:
+        data_lib.close_iterator(iterator)
     dets = jax.device_get(predict(variables, jnp.asarray(batch["image"])))
     tiles = []
     side = batch["image"].shape[1]
