@@ -276,6 +276,7 @@ def test_metrics_are_written_once_per_step_after_a_crash(tmp_path, tiny_data_dir
         ({"optim.learning_rate": -0.01}, "config.optim.learning_rate=-0.01: expected a positive"),
         ({"optim.max_batches": 0}, "config.optim.max_batches=0: expected at least 1"),
         ({"data.batch_size": 0}, "config.data.batch_size=0: expected a positive"),
+        ({"data.batch_size": 7}, r"batch_size=7 must be divisible by config.optim.subdivisions"),
         ({"data.image_size": 80}, "config.data.image_size=80: expected a positive multiple"),
         ({"data.eval_image_size": 48}, "config.data.eval_image_size=48: expected"),
     ],
