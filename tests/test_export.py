@@ -101,15 +101,13 @@ def test_onnx_round_trip_with_dynamic_batch_and_decode(model_files, tmp_path, ca
     assert inputs[0].dim_param == "N" and [d.dim_value for d in inputs[1:]] == [NET_H, NET_W, 3]
     assert [o.name for o in proto.graph.output] == ["head0", "head1", "boxes", "scores"]
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    for batch in (3, 1):  # neither is a batch size the export itself checked with first
-        images = _images(batch, seed=batch)
-        got = session.run(None, {"images": images})
-        want = _reference(*model_files, images, decode=True)
-        _assert_close(got, want)
+    images = _images(3, seed=3)  # not a batch size the export itself checked with (2, then 1)
+    got = session.run(None, {"images": images})
+    _assert_close(got, _reference(*model_files, images, decode=True))
     # [N, H/s, W/s, A*(5+C)] in the model's order: strides 32 then 16, 3 anchors, 3 classes.
-    assert got[0].shape == (1, NET_H // 32, NET_W // 32, 24)
-    assert got[1].shape == (1, NET_H // 16, NET_W // 16, 24)
-    assert got[2].shape == (1, 3 * (2 * 3 + 4 * 6), 4)
+    assert got[0].shape == (3, NET_H // 32, NET_W // 32, 24)
+    assert got[1].shape == (3, NET_H // 16, NET_W // 16, 24)
+    assert got[2].shape == (3, 3 * (2 * 3 + 4 * 6), 4)
 
 
 def test_stablehlo_round_trip_runs_with_any_batch(model_files, tmp_path):
@@ -117,10 +115,9 @@ def test_stablehlo_round_trip_runs_with_any_batch(model_files, tmp_path):
     assert _run(model_files, out, "--format", "stablehlo", "--decode", "--size", "64") == 0
     exported = jax.export.deserialize(bytearray(out.read_bytes()))
     assert exported.platforms == ("cpu", "cuda", "tpu")
-    for batch in (3, 1):
-        images = _images(batch, seed=batch, height=64, width=64)
-        got = [np.asarray(o) for o in exported.call(images)]
-        _assert_close(got, _reference(*model_files, images, decode=True))
+    images = _images(3, seed=3, height=64, width=64)  # the symbolic batch at a new size
+    got = [np.asarray(o) for o in exported.call(images)]
+    _assert_close(got, _reference(*model_files, images, decode=True))
     text = exported.mlir_module()
     assert "custom_call @lapack" not in text and "yolov4_conv" not in text
 
