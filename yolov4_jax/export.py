@@ -29,7 +29,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from yolov4_jax import Error, darknet
+from yolov4_jax import Error, cli
 from yolov4_jax.deploy import ExportError
 from yolov4_jax.deploy.exporter import CHECK_BATCHES, FORMATS, TOLERANCE, export_model
 from yolov4_jax.evaluation import loading
@@ -98,15 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             size=size,
             decode=args.decode,
         )
-    except (
-        Error,
-        ExportError,
-        loading.ModelSourceError,
-        darknet.CfgError,
-        darknet.WeightsError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Error as e:  # the project's own errors (ExportError too): one line (yolov4_jax.cli)
+        return cli.report(e)
     print(
         f"checked {report.format} against JAX on {report.images} images "
         f"(batches of {', '.join(map(str, CHECK_BATCHES))}): largest difference "
