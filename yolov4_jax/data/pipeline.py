@@ -28,10 +28,14 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
-from grain._src.python.ipc import shared_memory_array  # the queue of shm deletions
 
 from yolov4_jax.data import augment, sources
 from yolov4_jax.data.augment import AugmentParams, Sample
+
+try:  # grain's queue of shared-memory deletions (see `release_shared_memory`)
+    from grain._src.python.ipc import shared_memory_array  # grain 0.2.18
+except ImportError:  # pragma: no cover - grain 0.2.13, the last for Python 3.10
+    from grain._src.python import shared_memory_array
 
 _STREAM_LENGTH = 2**62  # "infinite" number of training steps
 
@@ -468,29 +472,42 @@ def close_iterator(iterator: Any) -> None:
     """Stops a loader iterator's worker processes and unlinks the shared memory of its batches
     (else Python's resource tracker warns of leaked shared_memory objects at exit: grain issue
     #1031). Idempotent; every iterator a run makes ends here."""
-    inner = getattr(iterator, "_iterator", iterator)  # grain.DataLoaderIterator wraps it
-    close = getattr(inner, "close", None)
-    if close is not None:
-        close()
+    # grain 0.2.18: close() stops the whole chain; grain 0.2.13 (Python 3.10) has no close()
+    # there, and its worker pool stops with stop_prefetch(), so each link is visited.
+    pending, seen = [iterator], set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for method in ("close", "stop_prefetch"):
+            if callable(getattr(node, method, None)):
+                getattr(node, method)()
+                break
+        pending += list(getattr(node, "_parents", None) or [])
+        pending += [getattr(node, name, None) for name in ("_iterator", "_raw_iterator")]
     release_shared_memory()
 
 
 def release_shared_memory() -> None:
-    """Unlinks the shared memory of the worker batches no longer referenced, now.
+    """Unlinks, now, the shared memory of the worker batches no longer referenced.
 
     A batch from a worker process lives in shared memory that grain unlinks when the array is
-    garbage collected, on a background thread; at exit that thread's queue is dropped, and an
-    array still alive then is never unlinked (its ``__del__`` runs after module teardown). So:
-    collect, then wait for the queue (one thread, first in first out) to drain. Also run at
-    exit (`_loader` registers it), after the program's last batch is released.
+    garbage collected, on background threads; at exit their queue is dropped, and an array
+    still alive then is never unlinked (its ``__del__`` runs after module teardown). So:
+    collect, switch grain to deleting at once (the next worker pool switches it back), and
+    wait for the deletions already queued. Also run at exit (`_loader` registers it), after the
+    program's last batch is released.
     """
     gc.collect()
-    pool = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
-    if pool is not None:
-        try:
-            pool.apply(int)  # returns once the deletions queued before it are done
-        except ValueError:  # the pool was closed
-            pass
+    arrays = shared_memory_array.SharedMemoryArray
+    pool = getattr(arrays, "_del_thread_pool", None)
+    if pool is None:
+        return
+    arrays._del_thread_pool = None  # __del__ now unlinks in the calling thread
+    arrays._outstanding_del_requests = None
+    pool.close()
+    pool.join()
 
 
 def _prepared(

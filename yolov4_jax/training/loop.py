@@ -272,9 +272,12 @@ class _Run:
                     do_eval = bool(tc.eval_split) and (
                         at_end or (tc.eval_every and step % tc.eval_every == 0)
                     )
-                    log_now = step % tc.log_every == 0 or at_end or preemption.requested
+                    # Read once per step: a SIGTERM arriving mid-step is handled at the next
+                    # one, never half (a break without the save).
+                    preempted = preemption.requested
+                    log_now = step % tc.log_every == 0 or at_end or preempted
                     stopping = self.stop_at_step is not None and step >= self.stop_at_step
-                    scheduled = step % tc.checkpoint_every == 0 or preemption.requested
+                    scheduled = step % tc.checkpoint_every == 0 or preempted
                     saving = do_eval or at_end or scheduled
                     # Every update is checked: this one when the step waits for the device
                     # anyway (logging, saving), so nothing is saved after a skipped update;
@@ -302,7 +305,7 @@ class _Run:
                         ckpt.save(step, state, train_iter, eval_metrics, force=True)
                         if is_main:
                             logging.info("step %d: %s", step, _format_eval(eval_metrics))
-                    if preemption.requested:
+                    if preempted:
                         logging.warning("SIGTERM: saved step %d in %s, exiting", step, workdir)
                         break
                     if stopping and not at_end:
