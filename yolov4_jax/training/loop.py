@@ -127,11 +127,12 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, info) -> None
         names = list(saved["class_names"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: unreadable ({e}); is {workdir} a training workdir?") from None
-    task = saved.get("task", config.task)
-    if names != list(info.class_names) or task != config.task:
+    this_task = config.get("task", "detection")
+    task = saved.get("task", this_task)
+    if names != list(info.class_names) or task != this_task:
         raise ConfigError(
             f"{workdir} holds a {task} run on {saved.get('name')!r} ({len(names)} classes); this "
-            f"config trains {config.task} on {info.name!r} ({info.num_classes} classes). Resume "
+            f"config trains {this_task} on {info.name!r} ({info.num_classes} classes). Resume "
             "with the run's dataset, or start a new --workdir"
         )
 
@@ -156,7 +157,9 @@ def train_and_evaluate(
     _check_batch(config, mesh.devices.size)
 
     info = data_lib.dataset_info(config)
-    if config.task == "detection" and int(config.model.num_classes) != info.num_classes:
+    if config.get("task", "detection") == "detection" and (
+        int(config.model.num_classes) != info.num_classes
+    ):
         logging.info(
             "the model predicts the %d classes of %s (config.model.num_classes=%s applies "
             "only where there is no dataset)",
