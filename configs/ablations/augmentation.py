@@ -1,6 +1,7 @@
-"""Data augmentations and SAT on the demo recipe: CutMix, MixUp, Self-Adversarial Training."""
+"""Data augmentations and SAT on the sweep recipe (configs/sweep_detector.py): CutMix, MixUp,
+Self-Adversarial Training, HSV."""
 
-BASE = "configs/demo.py"
+BASE = "configs/sweep_detector.py"
 SEEDS = (0, 1, 2)
 
 

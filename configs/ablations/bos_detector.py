@@ -9,7 +9,7 @@ YOLOv4 at width 1/4 and depth 1/3 (about 3x the demo's step time):
     python -m experiments.ablate --sweep configs/ablations/bos_detector.py --workdir runs/bos
 """
 
-BASE = "configs/demo.py"
+BASE = "configs/sweep_detector.py"
 SEEDS = (0, 1, 2)
 SMALL_YOLOV4 = {"model.name": "yolov4", "model.width": 0.25, "model.depth": 0.34}
 
