@@ -11,6 +11,7 @@ A sweep file is plain Python:
     METRICS = ("AP", "AP50", "AP75")  # eval metrics of the table (classifiers: top1, top5)
     def sweep():                      # variant name -> {"group.field": value}
         return {"baseline": {}, "no_mosaic": {"data.mosaic": False}}
+    PAPER = {"no_mosaic": ("-", "Table 4, M")}  # optional: the paper's direction per variant
 
 Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_and_evaluate`.
 Every variant runs the same seeds as the baseline (the first variant): a seed fixes the data
@@ -22,6 +23,8 @@ fails (for example a non-finite loss) is recorded with its error and the sweep g
 The reports: ``DIR/results.csv`` (one row per run), ``DIR/results.md`` (per variant and metric
 the mean over seeds with its 95% t interval, and the paired difference from the baseline with
 its own 95% interval, marked * where that interval excludes zero; `experiments.stats`),
+with ``PAPER``, a second table puts each variant's measured direction (first metric) beside the
+paper's: "agrees" or "opposite" where the paired interval excludes zero, else "within noise";
 ``DIR/results.png`` (the same intervals) and ``DIR/curves.png`` (each variant's evaluation
 metric against updates, from its runs' metrics.jsonl: has the budget flattened the curve?).
 
@@ -71,6 +74,26 @@ def sweep_metrics(path: str) -> tuple[str, ...]:
     if not metrics or not all(isinstance(m, str) and m for m in metrics):
         raise ValueError(f"{path}: METRICS must be a non-empty tuple of eval metric names")
     return metrics
+
+
+def sweep_paper(path: str) -> dict[str, tuple[str, str]]:
+    """A sweep file's ``PAPER``: variant -> (the paper's direction of the variant against the
+    baseline, "+" or "-", and where the paper says so); empty if the file has none."""
+    paper = dict(getattr(load_module(path), "PAPER", {}))
+    for name, entry in paper.items():
+        if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("+", "-")):
+            raise ValueError(f'{path}: PAPER[{name!r}] must be ("+" or "-", source text)')
+    return paper
+
+
+def paper_verdict(diff: float, half: float, expected: str) -> str:
+    """Whether a measured paired difference (± its 95% half-width) agrees with the paper's
+    direction: "agrees" or "opposite" where the interval excludes zero, else "within noise"."""
+    if math.isnan(diff):
+        return "—"
+    if not stats.excludes_zero(diff, half):
+        return "within noise"
+    return "agrees" if (diff > 0) == (expected == "+") else "opposite"
 
 
 def load_sweep(path: str) -> tuple[str, tuple[int, ...], dict[str, dict[str, Any]]]:
@@ -220,7 +243,14 @@ def _fmt(mean: float, half: float, signed: bool = False) -> str:
     return text if math.isnan(half) else f"{text} ± {half:.3f}"
 
 
-def write_reports(workdir: str, rows, table, header: str, metrics: Sequence[str] = METRICS) -> None:
+def write_reports(
+    workdir: str,
+    rows,
+    table,
+    header: str,
+    metrics: Sequence[str] = METRICS,
+    paper: Mapping[str, tuple[str, str]] | None = None,
+) -> None:
     keys = sorted({k for r in rows for k in r if not k.startswith("AP/")})
     first = ["variant", "seed", "status", *metrics, "wall_s"]
     fields = [k for k in first if k in keys] + [k for k in keys if k not in first]
@@ -254,12 +284,36 @@ def write_reports(workdir: str, rows, table, header: str, metrics: Sequence[str]
         f"difference from `{baseline}` over the seeds both ran, ± its 95% t interval; * where "
         "that interval excludes zero. No interval with one seed.",
     ]
+    lines += _paper_lines(table, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(workdir, table, metrics)
     _plot_curves(
         workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
     )
+
+
+def _paper_lines(table, metric: str, paper: Mapping[str, tuple[str, str]]) -> list[str]:
+    """The measured direction of each variant beside the paper's (the sweep file's PAPER)."""
+    rows = [e for e in table if e["variant"] in paper]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Against the paper ({metric}; the paper's direction of the variant against its baseline):",
+        "",
+        f"| variant | paper | where | measured Δ{metric} | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for e in rows:
+        expected, source = paper[e["variant"]]
+        diff, half = e[f"{metric}_diff"], e[f"{metric}_diff_ci"]
+        verdict = paper_verdict(diff, half, expected)
+        lines.append(
+            f"| {e['variant']} | {expected} | {source} | {_fmt(diff, half, signed=True)} | "
+            f"{verdict} |"
+        )
+    return lines
 
 
 def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
@@ -348,6 +402,7 @@ def run_sweep(
         raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     base, default_seeds, variants = load_sweep(sweep_path)
     metrics = sweep_metrics(sweep_path)
+    paper = sweep_paper(sweep_path)
     names = list(variants)  # the tables cover every variant with finished runs, not just --only
     if only:
         unknown = sorted(set(only) - set(variants))
@@ -372,7 +427,7 @@ def run_sweep(
             f"seeds {found}" + (f", with {extra}" if extra else "")
         )
         table = summarise(rows, names, metrics)
-        write_reports(workdir, rows, table, header, metrics)
+        write_reports(workdir, rows, table, header, metrics, paper)
         return table
 
     if collect_only:

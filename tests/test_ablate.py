@@ -245,3 +245,32 @@ def test_sharded_tasks_as_separate_processes_then_collect(tmp_path, tiny_data_di
     assert "| baseline | 2 |" in text and "| giou | 2 |" in text and "ΔAP" in text
     assert (workdir / "curves.png").exists()
     assert ablate.learning_curves(str(workdir), "giou", "AP50").keys() == {1, 2}
+
+
+def test_paper_verdict_by_hand():
+    # +0.030 ± 0.010 excludes zero: the paper's "+" agrees, its "-" is the opposite.
+    assert ablate.paper_verdict(0.03, 0.01, "+") == "agrees"
+    assert ablate.paper_verdict(0.03, 0.01, "-") == "opposite"
+    assert ablate.paper_verdict(-0.03, 0.01, "-") == "agrees"
+    # -0.005 ± 0.010 contains zero; one seed has no interval (nan), so nothing is resolved.
+    assert ablate.paper_verdict(-0.005, 0.01, "+") == "within noise"
+    assert ablate.paper_verdict(0.05, math.nan, "+") == "within noise"
+    assert ablate.paper_verdict(math.nan, math.nan, "+") == "—"
+
+
+def test_paper_table_in_results_md(tmp_path):
+    rows = [
+        {"variant": v, "seed": s, "status": "ok", "AP": ap, "wall_s": 60.0}
+        for v, aps in {"baseline": (0.30, 0.32, 0.31), "no_mosaic": (0.25, 0.26, 0.27)}.items()
+        for s, ap in enumerate(aps)
+    ]
+    table = ablate.summarise(rows, ["baseline", "no_mosaic"], ("AP",))
+    paper = {"no_mosaic": ("-", "Table 4, M")}
+    ablate.write_reports(str(tmp_path), rows, table, "header", ("AP",), paper)
+    text = (tmp_path / "results.md").read_text()
+    # Paired differences -0.05, -0.06, -0.04: mean -0.05, sd 0.01, t(2) 4.303 -> ± 0.025.
+    assert "| no_mosaic | - | Table 4, M | -0.050 ± 0.025 | agrees |" in text
+    with pytest.raises(ValueError, match="PAPER"):
+        bad = tmp_path / "bad.py"
+        bad.write_text('BASE = "x"\nPAPER = {"a": ("up", "")}\ndef sweep():\n    return {}\n')
+        ablate.sweep_paper(str(bad))
