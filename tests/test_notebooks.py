@@ -128,8 +128,8 @@ def test_ablation_results(notebook_env, tmp_path):
         ("no_mosaic", "0", "ok"),
         ("no_mosaic", "1", "ok"),
     ]
-    assert _num_images(nb) == 1
-    assert "vs baseline" in _text(nb)
+    assert _num_images(nb) == 2  # means and paired differences; the learning curves
+    assert "AP50" in _text(nb) and "vs baseline" in _text(nb)
 
 
 def test_colab_quickstart_runs_its_non_colab_cells_on_cpu(notebook_env):
