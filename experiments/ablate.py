@@ -78,20 +78,25 @@ def sweep_metrics(path: str) -> tuple[str, ...]:
 
 def sweep_paper(path: str) -> dict[str, tuple[str, str]]:
     """A sweep file's ``PAPER``: variant -> (the paper's direction of the variant against the
-    baseline, "+" or "-", and where the paper says so); empty if the file has none."""
+    baseline, "+", "-" or "0" for no difference, and where the paper says so); empty if the
+    file has none."""
     paper = dict(getattr(load_module(path), "PAPER", {}))
     for name, entry in paper.items():
-        if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("+", "-")):
-            raise ValueError(f'{path}: PAPER[{name!r}] must be ("+" or "-", source text)')
+        if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("+", "-", "0")):
+            raise ValueError(f'{path}: PAPER[{name!r}] must be ("+", "-" or "0", source text)')
     return paper
 
 
 def paper_verdict(diff: float, half: float, expected: str) -> str:
     """Whether a measured paired difference (± its 95% half-width) agrees with the paper's
-    direction: "agrees" or "opposite" where the interval excludes zero, else "within noise"."""
+    direction: "agrees" or "opposite" where the interval excludes zero, else "within noise";
+    for the paper's "0" (no difference), "consistent" within noise, else "differs"."""
     if math.isnan(diff):
         return "—"
-    if not stats.excludes_zero(diff, half):
+    resolved = stats.excludes_zero(diff, half)
+    if expected == "0":
+        return "differs" if resolved else "consistent"
+    if not resolved:
         return "within noise"
     return "agrees" if (diff > 0) == (expected == "+") else "opposite"
 
@@ -403,6 +408,10 @@ def run_sweep(
     base, default_seeds, variants = load_sweep(sweep_path)
     metrics = sweep_metrics(sweep_path)
     paper = sweep_paper(sweep_path)
+    if set(paper) - set(variants):
+        raise ValueError(
+            f"{sweep_path}: PAPER names no variant {sorted(set(paper) - set(variants))}"
+        )
     names = list(variants)  # the tables cover every variant with finished runs, not just --only
     if only:
         unknown = sorted(set(only) - set(variants))

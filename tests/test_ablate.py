@@ -256,6 +256,9 @@ def test_paper_verdict_by_hand():
     assert ablate.paper_verdict(-0.005, 0.01, "+") == "within noise"
     assert ablate.paper_verdict(0.05, math.nan, "+") == "within noise"
     assert ablate.paper_verdict(math.nan, math.nan, "+") == "—"
+    # The paper's "0" (no difference): a resolved difference differs, noise is consistent.
+    assert ablate.paper_verdict(0.03, 0.01, "0") == "differs"
+    assert ablate.paper_verdict(0.005, 0.01, "0") == "consistent"
 
 
 def test_paper_table_in_results_md(tmp_path):
