@@ -230,11 +230,15 @@ def _grain_tile() -> np.ndarray:
 _GRAIN: np.ndarray | None = None
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Low-contrast texture of any colour: smooth blotches, optional stripes, fine grain."""
-    base = rng.uniform(30, 220, size=3).astype(np.float32)
+def _background(rng: np.random.Generator, h: int, w: int, grey: bool = False) -> np.ndarray:
+    """Low-contrast texture of any colour (``grey``: desaturated): smooth blotches, optional
+    stripes, fine grain."""
+    if grey:
+        base = np.float32(rng.uniform(60, 190)) + rng.normal(0, 8, size=3).astype(np.float32)
+    else:
+        base = rng.uniform(30, 220, size=3).astype(np.float32)
     gh, gw = int(rng.integers(3, 9)), int(rng.integers(3, 9))
-    grid = rng.normal(0, 28, size=(gh, gw, 1)) + rng.normal(0, 12, size=(gh, gw, 3))
+    grid = rng.normal(0, 28, size=(gh, gw, 1)) + rng.normal(0, 8 if grey else 12, size=(gh, gw, 3))
     image = cv2.resize((grid + base).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     if rng.random() < 0.4:  # stripes at a random angle
         angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
@@ -266,11 +270,16 @@ def _patches(rng: np.random.Generator, image: np.ndarray, count: int) -> None:
         image[:] = (image * (1 - alpha) + fill * alpha).astype(np.uint8)
 
 
-def _clutter(rng: np.random.Generator, image: np.ndarray, count: int) -> None:
-    """Distractor marks: thin lines, dots and blobs of any colour that are not objects."""
+def _clutter(rng: np.random.Generator, image: np.ndarray, count: int, grey: bool = False) -> None:
+    """Distractor marks: thin lines, dots and blobs of any colour (``grey``: greys) that are not
+    objects."""
     h, w = image.shape[:2]
     for _ in range(count):
-        colour = tuple(int(v) for v in _random_colour(rng))
+        if grey:
+            level = int(rng.integers(20, 235))
+            colour = tuple(int(np.clip(level + rng.normal(0, 15), 0, 255)) for _ in range(3))
+        else:
+            colour = tuple(int(v) for v in _random_colour(rng))
         kind = rng.integers(3)
         p0 = (int(rng.integers(w)), int(rng.integers(h)))
         if kind == 0:
@@ -287,16 +296,17 @@ def render_classification_image(
     rng: np.random.Generator, label: int, min_side: int, max_side: int
 ) -> np.ndarray:
     """One RGB image of class ``label`` of `CLS_CLASS_NAMES`: a dominant shape on clutter,
-    sometimes over a small shape of another class."""
+    sometimes over a small shape of another class. Backgrounds and clutter are desaturated
+    here: the colour family is half of the class."""
     h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-    image = _background(rng, h, w)
-    _clutter(rng, image, int(rng.integers(1, 6)))
+    image = _background(rng, h, w, grey=True)
+    _clutter(rng, image, int(rng.integers(1, 6)), grey=True)
     n = len(CLS_CLASS_NAMES)
     if rng.random() < 0.5:
         other = (label + int(rng.integers(1, n))) % n
         _paint_whole(rng, image, other, rng.uniform(0.12, 0.25) * min(h, w))
     _paint_whole(rng, image, label, rng.uniform(0.35, 0.8) * min(h, w))
-    _clutter(rng, image, int(rng.integers(0, 3)))
+    _clutter(rng, image, int(rng.integers(0, 3)), grey=True)
     return image
 
 

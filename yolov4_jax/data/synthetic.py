@@ -15,8 +15,9 @@ Stored as a tfds dataset in array_record files, with the features of tfds ``coco
 paper's "BoF for backbone"): ten classes, the five shapes times two colour families (warm: red,
 orange, amber; cool: green, cyan, blue), so neither the shape nor the colour alone gives the class.
 Each 64-96 px image shows one large shape (35-80% of the image side, random aspect, rotation and
-position) on the same textured, cluttered backgrounds, sometimes over a small shape of another
-class. Features: ``image`` (JPEG), ``image/id``, ``image/filename``, ``label`` (ClassLabel).
+position) on desaturated textured, cluttered backgrounds (the colour family is half of the
+class), sometimes over a small shape of another class. Features: ``image`` (JPEG),
+``image/id``, ``image/filename``, ``label`` (ClassLabel).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class Yolov4SyntheticCls(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
-        "1.1.0": "Rotated shapes; backgrounds and clutter of any colour (as yolov4_synthetic 2.0).",
+        "1.1.0": "Rotated shapes of random aspect (drawn as in yolov4_synthetic 2.0).",
     }
     BUILDER_CONFIGS = [
         SyntheticClsConfig(name="default", description="5000 train / 1000 validation, 64-96 px."),
