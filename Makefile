@@ -29,11 +29,11 @@ format: venv
 
 # The fast tier: every test not marked slow (about 5 minutes on 2 cores).
 test: lint
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 tests
 
 # The slow tier: full-size parity, notebooks, learning and end-to-end runs, benchmark harnesses.
 test-slow: venv
-	$(PY) -m pytest -q -n 2 -m slow tests
+	$(PY) -m pytest -q -n 2 -m slow --durations=10 tests
 
 test-all: test test-slow
 
