@@ -118,7 +118,7 @@ def test_callable_overrides_follow_set():
     config = ablate.make_config(base, variants["steps_schedule"], 0, {"optim.max_batches": 300})
     assert (config.optim.schedule, tuple(config.optim.steps)) == ("steps", (240, 270))
     config = ablate.make_config(base, variants["steps_schedule"], 0, {})
-    assert tuple(config.optim.steps) == (960, 1080)  # sweep_detector.py's 1200 updates
+    assert tuple(config.optim.steps) == (1920, 2160)  # sweep_detector.py's 2400 updates
     assert "max_batches" in json.dumps(variants["steps_schedule"], default=ablate._describe)
 
 

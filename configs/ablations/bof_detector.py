@@ -1,7 +1,7 @@
 """The paper's detector bag of freebies (Table 4), one item switched at a time, at sweep scale.
 
 Each variant changes one item of configs/sweep_detector.py's recipe (the demo's, YOLOv4-tiny's,
-at 192 px for 1200 updates: grid sensitivity, Mosaic, CIoU, cosine annealing on; yolov4-tiny.cfg
+at 192 px for 2400 updates: grid sensitivity, Mosaic, CIoU, cosine annealing on; yolov4-tiny.cfg
 sets no iou_thresh, so one anchor per ground truth is the baseline and ``iou_thresh`` adds the
 paper's .213). The paper's GA row needs a genetic search first (`experiments.evolve`, hours at
 this scale); its best_config.py is then a config to compare with.
