@@ -204,18 +204,6 @@ def detect_images(
     return results
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """``416`` or ``WIDTHxHEIGHT`` -> (height, width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or WIDTHxHEIGHT, got {text!r}")
-    width, height = parts if len(parts) == 2 else parts * 2
-    return height, width
-
-
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m yolov4_jax.detect",
@@ -237,7 +225,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--size",
-        type=_parse_size,
+        type=cli.parse_size,
         help="network input, N or WIDTHxHEIGHT (default: the cfg's [net] width and height)",
     )
     parser.add_argument(

@@ -35,18 +35,6 @@ from yolov4_jax.deploy.exporter import CHECK_BATCHES, FORMATS, TOLERANCE, export
 from yolov4_jax.evaluation import loading
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """``416`` or ``WIDTHxHEIGHT`` -> (height, width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or WIDTHxHEIGHT, got {text!r}")
-    width, height = parts if len(parts) == 2 else parts * 2
-    return height, width
-
-
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m yolov4_jax.export",
@@ -66,7 +54,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument(
         "--size",
-        type=_parse_size,
+        type=cli.parse_size,
         help="input, N or WIDTHxHEIGHT (default: the cfg's [net] size, or the run's eval size)",
     )
     parser.add_argument(

@@ -13,6 +13,7 @@ its traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import sys
@@ -89,3 +90,15 @@ def one_line_errors(main: Callable[..., object]) -> Callable[..., object]:
 def run(main: Callable[[list[str]], object]) -> None:
     """``absl.app.run(main)`` with `parse_flags` and `one_line_errors`."""
     app.run(one_line_errors(main), flags_parser=parse_flags)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """An argparse ``--size``: ``416`` or ``WIDTHxHEIGHT`` -> (height, width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected N or WIDTHxHEIGHT, got {text!r}")
+    width, height = parts if len(parts) == 2 else parts * 2
+    return height, width
