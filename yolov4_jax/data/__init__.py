@@ -12,9 +12,9 @@ from yolov4_jax.data.classification import (
     create_classification_train_iterator,
     num_classification_eval_batches,
 )
+from yolov4_jax.data.loader import close_iterator
 from yolov4_jax.data.pipeline import (
     boxes_to_original,
-    close_iterator,
     create_eval_iterator,
     create_train_iterator,
     num_eval_batches,

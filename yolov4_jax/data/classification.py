@@ -43,7 +43,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from yolov4_jax.data import augment, pipeline, sources
+from yolov4_jax.data import augment, loader, pipeline, sources
 from yolov4_jax.data.augment import AugmentParams
 
 Patch = tuple[int, int, int, int]  # (x0, y0, x1, y1), whole pixels
@@ -485,7 +485,7 @@ def create_classification_train_iterator(
         seed=seed,
         batch_multiple=batch_multiple,
     )
-    return pipeline._loader(transform, None, config.data.workers)
+    return loader.loader(transform, None, config.data.workers)
 
 
 def num_classification_eval_batches(config: ml_collections.ConfigDict, num_records: int) -> int:
@@ -517,4 +517,4 @@ def create_classification_eval_iterator(
         process_count=process_count,
     )
     steps = num_classification_eval_batches(config, num_records)
-    return pipeline._loader(transform, steps, config.data.workers)
+    return loader.loader(transform, steps, config.data.workers)
