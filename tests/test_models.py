@@ -15,7 +15,15 @@ import pytest
 
 from configs import base
 from yolov4_jax import darknet
-from yolov4_jax.models import Network, builder, cspresnext, factory, output_shapes, specs
+from yolov4_jax.models import (
+    Network,
+    builder,
+    check_input_size,
+    cspresnext,
+    factory,
+    output_shapes,
+    specs,
+)
 from yolov4_jax.models import layers as layers_lib
 
 SIZE = 64
@@ -513,3 +521,21 @@ def test_partial_residual_adds_into_the_leading_channels():
         8,
         2,
     )
+
+
+def test_input_size_check_names_the_misfit_and_the_channels():
+    """detect and export share this check; each passes its own error class."""
+    cfg = "[net]\nwidth=64\nheight=64\nchannels={c}\n"
+    cfg += "[convolutional]\nfilters=3\nsize=1\nstride=1\n"
+    cfg += "[convolutional]\nfilters=3\nsize=3\nstride=2\npad=1\n"
+    cfg += "[upsample]\nstride=2\n[shortcut]\nfrom=0\n"  # 63 -> 32 -> 64: no longer 63
+
+    def model(channels):
+        net, layer_specs = darknet.parse_cfg(cfg.format(c=channels), is_text=True)
+        return Network(layer_specs, net=tuple(net.items()))
+
+    check_input_size(model(3), (64, 96))  # fits
+    with pytest.raises(KeyError, match="1-channel input"):
+        check_input_size(model(1), (64, 64), KeyError)
+    with pytest.raises(ValueError, match="input size 64x63 does not fit the network"):
+        check_input_size(model(3), (63, 64))

@@ -46,7 +46,7 @@ from yolov4_jax.evaluation.prediction import (
     prepare_variables,
     with_compute,
 )
-from yolov4_jax.models import Network, output_shapes
+from yolov4_jax.models import Network, check_input_size
 from yolov4_jax.ops.conv import CONV_ALGORITHMS
 
 
@@ -124,19 +124,6 @@ def _output_paths(paths: Sequence[str], out_dir: str) -> list[str]:
     return outputs
 
 
-def _check_size(model: Network, size: tuple[int, int]) -> None:
-    channels = int(dict(model.net).get("channels", 3))
-    if channels != 3:
-        raise DetectError(f"the network takes {channels}-channel input, images have 3")
-    try:
-        output_shapes(model.layers, *size, channels)
-    except ValueError as e:
-        raise DetectError(
-            f"input size {size[1]}x{size[0]} does not fit the network "
-            f"(YOLOv4's sizes are multiples of 32): {e}"
-        ) from None
-
-
 def detect_images(
     model: Network,
     variables: Any,
@@ -164,7 +151,7 @@ def detect_images(
       after the others are written, raised together as one `DetectError`.
     """
     outputs = _output_paths(paths, out_dir)
-    _check_size(model, size)
+    check_input_size(model, size, DetectError)
     os.makedirs(out_dir, exist_ok=True)
     predict = make_predict_fn(model, options)  # all images share `size`: one compilation
     variables = prepare_variables(model, variables)  # Winograd kernel transforms, once

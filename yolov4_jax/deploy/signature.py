@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from yolov4_jax import Error
 from yolov4_jax.evaluation.prediction import decode_heads
-from yolov4_jax.models import Network, output_shapes
+from yolov4_jax.models import Network, check_input_size
 
 
 class ExportError(Error, ValueError):
@@ -28,16 +28,7 @@ def for_export(model: Network) -> Network:
 def check_exportable(model: Network, size: tuple[int, int], decode: bool) -> None:
     """Raises `ExportError` where ``size`` (height, width) does not fit the network, its input
     is not RGB, or ``decode`` is asked of a network without ``[yolo]`` heads."""
-    channels = int(dict(model.net).get("channels", 3))
-    if channels != 3:
-        raise ExportError(f"the network takes {channels}-channel input; exports take RGB images")
-    try:
-        output_shapes(model.layers, *size, channels)
-    except ValueError as e:
-        raise ExportError(
-            f"input size {size[1]}x{size[0]} does not fit the network "
-            f"(YOLOv4's sizes are multiples of 32): {e}"
-        ) from None
+    check_input_size(model, size, ExportError)
     if decode and not model.heads:
         raise ExportError("--decode needs [yolo] heads; this network is a classifier")
 

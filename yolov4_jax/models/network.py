@@ -172,3 +172,20 @@ def output_shapes(layer_specs, height: int, width: int, channels: int = 3):
             h = w = 1
         shapes.append((h, w, c))
     return shapes
+
+
+def check_input_size(
+    model: Network, size: tuple[int, int], error: type[Exception] = ValueError
+) -> None:
+    """Raises ``error`` where ``size`` (height, width) does not fit ``model``'s layers or its
+    input is not RGB (detection and export take 3-channel images)."""
+    channels = int(dict(model.net).get("channels", 3))
+    if channels != 3:
+        raise error(f"the network takes {channels}-channel input; images here are RGB (3)")
+    try:
+        output_shapes(model.layers, *size, channels)
+    except ValueError as e:
+        raise error(
+            f"input size {size[1]}x{size[0]} does not fit the network "
+            f"(YOLOv4's sizes are multiples of 32): {e}"
+        ) from None
