@@ -15,30 +15,14 @@ import sys
 
 import jax
 import pytest
+import tiny_runs
 
-from configs import test_tiny
-from yolov4_jax import ConfigError, data, training
+from yolov4_jax import ConfigError, data
 from yolov4_jax.models import factory
 from yolov4_jax.training import checkpoints, loop, optim, tasks
 from yolov4_jax.training.state import create_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(data_dir, **overrides):
-    config = test_tiny.get_config()
-    config.data.data_dir = str(data_dir)
-    config.train.log_every = 1
-    config.train.detections_image = False
-    config.train.eval_max_batches = 1
-    for key, value in overrides.items():
-        group, field = key.split(".")
-        config[group][field] = value
-    return config
-
-
-def _run(workdir, data_dir, **overrides):
-    return training.train_and_evaluate(_config(data_dir, **overrides), str(workdir))
 
 
 def _snapshot(workdir) -> dict[str, str]:
@@ -65,7 +49,7 @@ def test_a_missing_evaluation_split_is_refused_before_anything_is_written(
     workdir = tmp_path / "run"
     with caplog.at_level(logging.INFO):
         with pytest.raises(ConfigError, match=r"eval_split='test'.*no such split.*--val-fraction"):
-            _run(workdir, tiny_data_dir, **{"train.eval_split": "test"})
+            tiny_runs.run(workdir, tiny_data_dir, **{"train.eval_split": "test"})
     assert not workdir.exists()
     # config.model.num_classes (80) is not silently replaced by the dataset's 5 classes.
     assert "predicts the 5 classes of yolov4_synthetic (config.model.num_classes=80" in (
@@ -83,7 +67,7 @@ def test_training_without_evaluation_saves_the_final_step(tmp_path, tiny_data_di
     monkeypatch.setattr(tasks.DetectionTask, "evaluate", no_evaluation)
     workdir = tmp_path / "run"
     overrides = {"train.eval_split": "", "optim.max_batches": 3, "train.checkpoint_every": 100}
-    assert _run(workdir, tiny_data_dir, **overrides) == {}
+    assert tiny_runs.run(workdir, tiny_data_dir, **overrides) == {}
     assert _steps(workdir / "checkpoints") == [3]
     _, model, variables, names = checkpoints.load_for_inference(str(workdir))
     assert len(names) == 5 and jax.tree.leaves(variables)
@@ -98,7 +82,9 @@ def test_the_final_step_is_saved_before_evaluation(tmp_path, tiny_data_dir, monk
     monkeypatch.setattr(tasks.DetectionTask, "evaluate", failing)
     workdir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        _run(workdir, tiny_data_dir, **{"optim.max_batches": 3, "train.checkpoint_every": 100})
+        tiny_runs.run(
+            workdir, tiny_data_dir, **{"optim.max_batches": 3, "train.checkpoint_every": 100}
+        )
     assert _steps(workdir / "checkpoints") == [3]
 
 
@@ -110,7 +96,7 @@ def finished_run(tmp_path_factory, tiny_data_dir):
     """A 3-update run evaluated and saved at every step (checkpoints 2 and 3 kept)."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
     overrides = {"optim.max_batches": 3, "train.checkpoint_every": 1, "train.eval_every": 1}
-    _run(workdir, tiny_data_dir, **overrides)
+    tiny_runs.run(workdir, tiny_data_dir, **overrides)
     return workdir
 
 
@@ -131,7 +117,7 @@ def test_a_restart_that_cannot_resume_leaves_the_workdir_as_it_was(
     shutil.copytree(tiny_data_dir, other_data)
     before = _snapshot(workdir)
     with pytest.raises(checkpoints.CheckpointError, match="data position does not fit") as e:
-        _run(workdir, other_data, **{"optim.max_batches": 5})
+        tiny_runs.run(workdir, other_data, **{"optim.max_batches": 5})
     assert "\n" not in str(e.value)
     assert _snapshot(workdir) == before
 
@@ -145,7 +131,7 @@ def test_a_workdir_of_another_dataset_is_refused_before_anything_is_written(
         json.dump({"name": "other", "task": "detection", "class_names": ["a", "b"]}, f)
     before = _snapshot(workdir)
     with pytest.raises(ConfigError, match=r"run on 'other' \(2 classes\).*new --workdir"):
-        _run(workdir, tiny_data_dir)
+        tiny_runs.run(workdir, tiny_data_dir)
     assert _snapshot(workdir) == before
 
 
@@ -158,7 +144,7 @@ def test_a_new_workdir_is_removed_when_the_run_fails_before_its_first_step(
     monkeypatch.setattr(loop, "make_train_step", failing_step)
     workdir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="compilation failed"):
-        _run(workdir, tiny_data_dir)
+        tiny_runs.run(workdir, tiny_data_dir)
     assert not workdir.exists()
 
 
@@ -167,7 +153,7 @@ def test_a_new_workdir_is_removed_when_the_run_fails_before_its_first_step(
 
 def _template(data_dir):
     """(state, train iterator) of the test_tiny run, as the loop builds them."""
-    config = _config(data_dir)
+    config = tiny_runs.config(data_dir)
     info = data.dataset_info(config)
     model = factory.create_model(config.model, num_classes=info.num_classes)
     config = data.with_head_augmentation(config, model.heads)
@@ -257,7 +243,9 @@ def test_a_checkpoint_of_another_model_names_the_parameter(finished_run, tmp_pat
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir)
     with pytest.raises(checkpoints.CheckpointError, match=r"parameter .* in this run's model"):
-        _run(workdir, tiny_data_dir, **{"model.width": 0.25, "train.restore_fallback": True})
+        tiny_runs.run(
+            workdir, tiny_data_dir, **{"model.width": 0.25, "train.restore_fallback": True}
+        )
 
 
 # 5. One error convention; shared memory released.

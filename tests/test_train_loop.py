@@ -13,6 +13,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
+import tiny_runs
 
 from configs import test_tiny
 from yolov4_jax import detect, evaluate, training
@@ -20,18 +21,6 @@ from yolov4_jax.ops import cpu_gemm
 from yolov4_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(workdir, tmp_data, stop_at_step=None, **overrides):
-    config = test_tiny.get_config()
-    config.data.data_dir = str(tmp_data)
-    config.train.log_every = 1
-    config.train.detections_image = False
-    config.train.eval_max_batches = 1
-    for key, value in overrides.items():
-        group, field = key.split(".")
-        config[group][field] = value
-    return training.train_and_evaluate(config, str(workdir), stop_at_step=stop_at_step)
 
 
 def _losses(workdir):
@@ -44,10 +33,10 @@ def _losses(workdir):
 def resumed_run(tmp_path_factory, tiny_data_dir):
     """A 4-update run straight through, and the same run stopped at 2 and resumed."""
     root = tmp_path_factory.mktemp("resume")
-    _run(root / "straight", tiny_data_dir)
-    _run(root / "resumed", tiny_data_dir, stop_at_step=2)
+    tiny_runs.run(root / "straight", tiny_data_dir)
+    tiny_runs.run(root / "resumed", tiny_data_dir, stop_at_step=2)
     stopped = sorted(_losses(root / "resumed"))
-    metrics = _run(root / "resumed", tiny_data_dir)
+    metrics = tiny_runs.run(root / "resumed", tiny_data_dir)
     return root, stopped, metrics
 
 
@@ -101,7 +90,7 @@ def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, tiny_data_dir):
     overrides = {"optim.learning_rate": 1e30, "optim.burn_in": 0, "optim.max_batches": 8}
     overrides.update({"train.log_every": 100, "train.checkpoint_every": 1})
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+") as e:
-        _run(tmp_path / "nan", tiny_data_dir, **overrides)
+        tiny_runs.run(tmp_path / "nan", tiny_data_dir, **overrides)
     bad = int(re.search(r"at step (\d+)", str(e.value)).group(1))
     saved = sorted(int(p) for p in os.listdir(tmp_path / "nan" / "checkpoints") if p.isdigit())
     assert bad < 8 and saved == list(range(1, bad))[-2:], (bad, saved)  # the last two kept
@@ -191,13 +180,13 @@ def test_sigterm_resume_follows_the_trajectory_with_ema_cbn_and_sat(
         "train.sat_prob": 1.0,
         "train.checkpoint_every": 100,
     }
-    straight = _run(tmp_path / "straight", tiny_data_dir, **recipe)
+    straight = tiny_runs.run(tmp_path / "straight", tiny_data_dir, **recipe)
     restore = _sigterm_at_batch(monkeypatch, 3)
-    assert _run(tmp_path / "resumed", tiny_data_dir, **recipe) == {}  # stopped, no eval
+    assert tiny_runs.run(tmp_path / "resumed", tiny_data_dir, **recipe) == {}  # stopped, no eval
     restore()
     assert sorted(_losses(tmp_path / "resumed")) == [1, 2, 3]
     assert _saved_state(tmp_path / "resumed")[0] == 3  # saved on SIGTERM, not by schedule
-    resumed = _run(tmp_path / "resumed", tiny_data_dir, **recipe)
+    resumed = tiny_runs.run(tmp_path / "resumed", tiny_data_dir, **recipe)
 
     a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert sorted(b) == list(range(1, 7))
@@ -248,13 +237,13 @@ def test_metrics_are_written_once_per_step_after_a_crash(tmp_path, tiny_data_dir
     """A run killed after logging steps past its last checkpoint: the resumed run drops those
     rows and rewrites them, in metrics.jsonl and (by a purge) in TensorBoard."""
     workdir = tmp_path / "run"
-    _run(workdir, tiny_data_dir, stop_at_step=2)
+    tiny_runs.run(workdir, tiny_data_dir, stop_at_step=2)
     # What a SIGKILL at step 4 leaves: rows for steps 3 and 4 beyond checkpoint 2, the last
     # one cut short.
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "train/total": 123.0}) + "\n")
         f.write('{"step": 4, "train/tot')
-    _run(workdir, tiny_data_dir)
+    tiny_runs.run(workdir, tiny_data_dir)
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_steps = [r["step"] for r in rows if "train/total" in r]
     assert train_steps == [1, 2, 3, 4]
@@ -288,5 +277,5 @@ def test_bad_values_are_refused_before_anything_is_written(
     used to train silently; image_size 80 failed inside JAX at the first step)."""
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=match):
-        _run(workdir, tiny_data_dir, **override)
+        tiny_runs.run(workdir, tiny_data_dir, **override)
     assert not workdir.exists()
