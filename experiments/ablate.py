@@ -2,7 +2,7 @@
 
     python -m experiments.ablate --sweep configs/ablations/bof_detector.py --workdir DIR \
         [--seeds 0,1,2] [--only baseline,no_mosaic] [--set optim.max_batches=200 ...] \
-        [--task-index I --num-tasks N | --collect]
+        [--task-index I --num-tasks N | --collect] [--reuse OTHER_DIR ...]
 
 A sweep file is plain Python:
 
@@ -32,6 +32,11 @@ On a batch system the runs are shared out: ``--task-index I --num-tasks N`` (or 
 ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``) runs every N-th (variant, seed) pair from
 the I-th, into the same DIR, and writes no report; ``--collect`` then writes the reports from
 the finished runs without training. One process alone (N = 1) does both, as before.
+
+Sweeps that share a base share runs: each ``result.json`` keeps the run's requested config, and
+with ``--reuse OTHER_DIR`` a (variant, seed) whose config equals that of a finished run in the
+other sweep's workdir is copied from there with its records, not trained again; its
+``result.json`` says ``reused_from``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -256,7 +262,7 @@ def write_reports(
     metrics: Sequence[str] = METRICS,
     paper: Mapping[str, tuple[str, str]] | None = None,
 ) -> None:
-    keys = sorted({k for r in rows for k in r if not k.startswith("AP/")})
+    keys = sorted({k for r in rows for k in r if not k.startswith("AP/") and k != "config"})
     first = ["variant", "seed", "status", *metrics, "wall_s"]
     fields = [k for k in first if k in keys] + [k for k in keys if k not in first]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
@@ -399,10 +405,12 @@ def run_sweep(
     task_index: int = 0,
     num_tasks: int = 1,
     collect_only: bool = False,
+    reuse: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) the sweep's variant x seed pairs of task ``task_index`` of
     ``num_tasks`` (every ``num_tasks``-th pair from the ``task_index``-th, in sweep order) and
-    returns the summary table; with ``collect_only`` runs nothing and writes the reports."""
+    returns the summary table; with ``collect_only`` runs nothing and writes the reports;
+    ``reuse``: other sweeps' workdirs whose equal finished runs are copied (`find_reusable`)."""
     if not 0 <= task_index < num_tasks:
         raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     base, default_seeds, variants = load_sweep(sweep_path)
@@ -448,18 +456,20 @@ def run_sweep(
         if os.path.exists(os.path.join(run_dir, "result.json")):
             print(f"[ablate] {name} seed {seed}: done, skipped", flush=True)
             continue
-        print(f"[ablate] {name} seed {seed}: {dict(variants[name])}", flush=True)
-        result = run_one(config, run_dir)
-        if result["status"] == "interrupted":
-            print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
-            break
         overrides = json.dumps(variants[name], default=_describe)
         record = {"variant": name, "seed": seed, "overrides": overrides}
-        record.update(result)
-        tmp = os.path.join(run_dir, "result.json.tmp")
-        with open(tmp, "w") as f:  # atomic: a collecting task never reads half a file
-            json.dump(record, f, indent=1)
-        os.replace(tmp, os.path.join(run_dir, "result.json"))
+        source = find_reusable(config, reuse) if reuse else None
+        if source and not os.path.exists(run_dir):
+            print(f"[ablate] {name} seed {seed}: the same run as {source}, copied", flush=True)
+            copy_run(source, run_dir, record)
+        else:
+            print(f"[ablate] {name} seed {seed}: {dict(variants[name])}", flush=True)
+            result = run_one(config, run_dir)
+            if result["status"] == "interrupted":
+                print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
+                break
+            record.update(result)
+            _write_result(run_dir, {**record, "config": _config_record(config)})
         if num_tasks == 1:
             report()
     if num_tasks > 1:  # concurrent tasks leave the reports to --collect
@@ -476,6 +486,52 @@ def task_from_environment(
     if num_tasks is None and "SLURM_ARRAY_TASK_COUNT" in env:
         num_tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
     return (task_index or 0), (num_tasks or 1)
+
+
+def _config_record(config) -> dict[str, Any]:
+    """The requested config as its run's ``result.json`` keeps it (`find_reusable`)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def find_reusable(config, reuse: Sequence[str]) -> str | None:
+    """The run directory of a finished run (status ok) in one of the ``reuse`` workdirs whose
+    requested config, kept in its ``result.json``, is ``config``; None if there is none."""
+    target = _config_record(config)
+    for workdir in reuse:
+        if not os.path.isdir(workdir):
+            continue
+        for name in sorted(os.listdir(workdir)):
+            run_dir = os.path.join(workdir, name, f"seed{config.seed}")
+            try:
+                with open(os.path.join(run_dir, "result.json")) as f:
+                    found = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if found.get("status") == "ok" and found.get("config") == target:
+                return run_dir
+    return None
+
+
+def copy_run(source: str, run_dir: str, record: Mapping[str, Any]) -> None:
+    """Copies a finished run's records (not its checkpoints) into ``run_dir`` and writes its
+    ``result.json`` as ``record`` plus the source's metrics and ``reused_from``."""
+    os.makedirs(run_dir, exist_ok=True)
+    for name in os.listdir(source):
+        path = os.path.join(source, name)
+        if os.path.isfile(path) and name != "result.json":
+            shutil.copy2(path, os.path.join(run_dir, name))
+    with open(os.path.join(source, "result.json")) as f:
+        found = json.load(f)
+    keep = {k: v for k, v in found.items() if k not in record}
+    out = {**record, **keep, "reused_from": os.path.relpath(source, os.path.dirname(run_dir))}
+    _write_result(run_dir, out)
+
+
+def _write_result(run_dir: str, record: Mapping[str, Any]) -> None:
+    tmp = os.path.join(run_dir, "result.json.tmp")
+    with open(tmp, "w") as f:  # atomic: a collecting task never reads half a file
+        json.dump(record, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, "result.json"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -500,7 +556,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--collect", action="store_true", help="write the reports from finished runs; train none"
     )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="OTHER_DIR",
+        help="another sweep's workdir: runs equal to its finished ones are copied, not trained",
+    )
     args = parser.parse_args(argv)
+    for other in args.reuse:
+        if not os.path.isdir(other):
+            parser.error(f"--reuse {other}: not a folder")
     task_index, num_tasks = task_from_environment(args.task_index, args.num_tasks)
     extra = {}
     for item in args.set:
@@ -519,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_index=task_index,
         num_tasks=num_tasks,
         collect_only=args.collect,
+        reuse=args.reuse,
     )
     if num_tasks == 1 or args.collect:
         with open(os.path.join(args.workdir, "results.md")) as f:

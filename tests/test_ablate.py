@@ -277,3 +277,54 @@ def test_paper_table_in_results_md(tmp_path):
         bad = tmp_path / "bad.py"
         bad.write_text('BASE = "x"\nPAPER = {"a": ("up", "")}\ndef sweep():\n    return {}\n')
         ablate.sweep_paper(str(bad))
+
+
+def test_runs_equal_to_another_sweeps_are_copied_not_retrained(tmp_path, monkeypatch):
+    """augmentation's baseline and no_mosaic are bof_detector's: the same base, overrides, seed."""
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text(SWEEP)
+    second.write_text(
+        SWEEP.replace('"giou": {"loss.box_loss": "giou"}', '"mse": {"loss.box_loss": "mse"}')
+    )
+    trained = []
+
+    def fake_run(config, run_dir):
+        trained.append(os.path.relpath(run_dir, tmp_path))
+        os.makedirs(os.path.join(run_dir, "checkpoints"))
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 3, "eval/AP50": 0.5 + config.seed}) + "\n")
+        failed = config.optim.learning_rate > 1
+        return {"status": "failed" if failed else "ok", "error": "", "wall_s": 7.0,
+                "AP": 0.1 * (config.seed + 1), "AP50": 0.5, "AP75": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(ablate, "run_one", fake_run)
+    ablate.run_sweep(str(first), str(tmp_path / "a"), seeds=[0, 1])
+    assert len(trained) == 6
+    trained.clear()
+    with pytest.raises(SystemExit):  # the flag's folder is checked
+        ablate.main(["--sweep", str(second), "--workdir", str(tmp_path / "b"), "--reuse", "x"])
+    reuse = [str(tmp_path / "a")]
+    table = ablate.run_sweep(str(second), str(tmp_path / "b"), seeds=[0, 1], reuse=reuse)
+    # mse is new; a failed run (diverges) is trained again, not copied.
+    assert sorted(trained) == [
+        "b/diverges/seed0", "b/diverges/seed1", "b/mse/seed0", "b/mse/seed1"
+    ]  # fmt: skip
+    copied = tmp_path / "b" / "baseline" / "seed1"
+    with open(copied / "result.json") as f:
+        record = json.load(f)
+    assert record["variant"] == "baseline" and record["seed"] == 1
+    assert record["AP"] == pytest.approx(0.2) and record["wall_s"] == 7.0
+    assert record["reused_from"] == os.path.join("..", "..", "a", "baseline", "seed1")
+    assert record["config"]["seed"] == 1 and record["config"]["optim"]["learning_rate"] < 1
+    assert (copied / "metrics.jsonl").read_text() == (
+        tmp_path / "a" / "baseline" / "seed1" / "metrics.jsonl"
+    ).read_text()
+    assert not (copied / "checkpoints").exists()
+    assert table[0]["variant"] == "baseline" and table[0]["runs"] == 2
+    with open(tmp_path / "b" / "results.csv") as f:
+        assert "config" not in next(csv.reader(f))
+    # A --set the other sweep's runs did not have makes the configs differ: nothing is copied.
+    trained.clear()
+    extra = {"optim.max_batches": 7}
+    ablate.run_sweep(str(second), str(tmp_path / "c"), seeds=[0], extra=extra, reuse=reuse)
+    assert "c/baseline/seed0" in trained
