@@ -295,6 +295,20 @@ def write_reports(
         f"difference from `{baseline}` over the seeds both ran, ± its 95% t interval; * where "
         "that interval excludes zero. No interval with one seed.",
     ]
+    intervals = [
+        (e[f"{m}_diff"], e[f"{m}_diff_ci"])
+        for e in table[1:]
+        for m in metrics
+        if not math.isnan(e[f"{m}_diff_ci"])
+    ]
+    if intervals:
+        marked = sum(stats.excludes_zero(*i) for i in intervals)
+        lines += [
+            "",
+            f"{marked} of the {len(intervals)} paired intervals exclude zero; were no variant to "
+            f"change anything, about {0.05 * len(intervals):.1f} would by chance (5% each), so a "
+            "lone * is weak evidence.",
+        ]
     lines += _paper_lines(table, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

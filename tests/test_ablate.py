@@ -204,6 +204,8 @@ def test_reports_show_paired_differences_and_intervals(tmp_path):
     same_row = next(line for line in text.splitlines() if line.startswith("| same |"))
     assert "+0.001 ± " in same_row and " *" not in same_row.split("|")[4]
     assert "95% t interval" in text
+    # 2 variants x 3 metrics = 6 paired intervals; "better" excludes zero in all 3.
+    assert "3 of the 6 paired intervals exclude zero" in text and "about 0.3 would" in text
 
 
 def test_slurm_array_variables_choose_the_task():
