@@ -9,9 +9,11 @@ validation images of yolov4_synthetic 2.0.0 at updates 400/800/.../end):
 
 Even 2400 updates leave the curve rising (+.03 AP50 over its last 400): the shape-only data
 asks more of YOLOv4-tiny than a CPU budget gives, so the sweeps measure the recipe early in
-training, and their READMEs say so. At 2400 updates a YOLOv4-tiny run takes about 9.5 minutes
-and a small-YOLOv4 run (bos_detector) about three times that: experiments/run_sweeps.sh's
-variants x 3 seeds are about 20 hours, run across sessions (it resumes). The recipe is the
+training, and their READMEs say so. At 2400 updates a YOLOv4-tiny run takes 10 to 11 minutes
+with its evaluations; the small YOLOv4 of bos_detector trains at 1.96 updates/s against
+YOLOv4-tiny's 4.62 (200 updates each, same machine, 2026-12-07), so about 23 minutes a run:
+experiments/run_sweeps.sh's variants x 3 seeds are about 18 hours, run across sessions (it
+resumes). The recipe is the
 demo's (Mosaic, jitter .3, resize 1.5, HSV, flips, CIoU with darknet's deltas, burn-in then
 cosine annealing); only the canvas, the number of updates and the evaluations along the way
 (for the learning curves, curves.png) differ.

@@ -6,8 +6,8 @@
 #
 #     nohup bash experiments/run_sweeps.sh > runs_sweeps.log 2>&1 &
 #
-# The variants run here are those of the paper's Tables 4 and 5 and the augmentations (about 9.5
-# min a YOLOv4-tiny run, about 3x that a small-YOLOv4 run at 2400 updates: about 20 hours in
+# The variants run here are those of the paper's Tables 4 and 5 and the augmentations (10-11
+# min a YOLOv4-tiny run, about 23 min a small-YOLOv4 run at 2400 updates: about 18 hours in
 # all, across sessions; augmentation's two runs equal to bof_detector's are copied, not
 # trained); the sweep files hold more (CBAM, MiWRC in the backbone, DropBlock, autodiff
 # GIoU/MSE), left for a larger budget with --only.
