@@ -47,7 +47,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -58,7 +57,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from experiments import stats  # noqa: E402
+from experiments import records, stats  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
 
@@ -424,7 +423,8 @@ def run_sweep(
     """Runs (or resumes) the sweep's variant x seed pairs of task ``task_index`` of
     ``num_tasks`` (every ``num_tasks``-th pair from the ``task_index``-th, in sweep order) and
     returns the summary table; with ``collect_only`` runs nothing and writes the reports;
-    ``reuse``: other sweeps' workdirs whose equal finished runs are copied (`find_reusable`)."""
+    ``reuse``: other sweeps' workdirs whose equal finished runs are copied
+    (`records.find_reusable`)."""
     if not 0 <= task_index < num_tasks:
         raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     base, default_seeds, variants = load_sweep(sweep_path)
@@ -472,10 +472,10 @@ def run_sweep(
             continue
         overrides = json.dumps(variants[name], default=_describe)
         record = {"variant": name, "seed": seed, "overrides": overrides}
-        source = find_reusable(config, reuse) if reuse else None
+        source = records.find_reusable(config, reuse) if reuse else None
         if source and not os.path.exists(run_dir):
             print(f"[ablate] {name} seed {seed}: the same run as {source}, copied", flush=True)
-            copy_run(source, run_dir, record)
+            records.copy_run(source, run_dir, record)
         else:
             print(f"[ablate] {name} seed {seed}: {dict(variants[name])}", flush=True)
             result = run_one(config, run_dir)
@@ -483,7 +483,7 @@ def run_sweep(
                 print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
                 break
             record.update(result)
-            _write_result(run_dir, {**record, "config": _config_record(config)})
+            records.write_result(run_dir, {**record, "config": records.config_record(config)})
         if num_tasks == 1:
             report()
     if num_tasks > 1:  # concurrent tasks leave the reports to --collect
@@ -500,52 +500,6 @@ def task_from_environment(
     if num_tasks is None and "SLURM_ARRAY_TASK_COUNT" in env:
         num_tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
     return (task_index or 0), (num_tasks or 1)
-
-
-def _config_record(config) -> dict[str, Any]:
-    """The requested config as its run's ``result.json`` keeps it (`find_reusable`)."""
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def find_reusable(config, reuse: Sequence[str]) -> str | None:
-    """The run directory of a finished run (status ok) in one of the ``reuse`` workdirs whose
-    requested config, kept in its ``result.json``, is ``config``; None if there is none."""
-    target = _config_record(config)
-    for workdir in reuse:
-        if not os.path.isdir(workdir):
-            continue
-        for name in sorted(os.listdir(workdir)):
-            run_dir = os.path.join(workdir, name, f"seed{config.seed}")
-            try:
-                with open(os.path.join(run_dir, "result.json")) as f:
-                    found = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if found.get("status") == "ok" and found.get("config") == target:
-                return run_dir
-    return None
-
-
-def copy_run(source: str, run_dir: str, record: Mapping[str, Any]) -> None:
-    """Copies a finished run's records (not its checkpoints) into ``run_dir`` and writes its
-    ``result.json`` as ``record`` plus the source's metrics and ``reused_from``."""
-    os.makedirs(run_dir, exist_ok=True)
-    for name in os.listdir(source):
-        path = os.path.join(source, name)
-        if os.path.isfile(path) and name != "result.json":
-            shutil.copy2(path, os.path.join(run_dir, name))
-    with open(os.path.join(source, "result.json")) as f:
-        found = json.load(f)
-    keep = {k: v for k, v in found.items() if k not in record}
-    out = {**record, **keep, "reused_from": os.path.relpath(source, os.path.dirname(run_dir))}
-    _write_result(run_dir, out)
-
-
-def _write_result(run_dir: str, record: Mapping[str, Any]) -> None:
-    tmp = os.path.join(run_dir, "result.json.tmp")
-    with open(tmp, "w") as f:  # atomic: a collecting task never reads half a file
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(run_dir, "result.json"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
