@@ -67,7 +67,9 @@ class _QuietAsyncio:
     """Orbax's failed reads leave asyncio tasks and coroutines whose exceptions are printed,
     screens long, when they are garbage collected (some only at exit, ending in a misleading
     ``RuntimeError: Event loop is closed``); the restore's own error already says what went
-    wrong, so after a failed read those leftovers are dropped."""
+    wrong, so after a failed read those leftovers are dropped, whenever they surface: the
+    tasks that `asyncio.gather` abandoned may still be referenced (and so not collected)
+    when the read fails, and be logged at exit (seen under load in CI)."""
 
     def __enter__(self):
         self._logger = logging.getLogger("asyncio")
@@ -75,10 +77,8 @@ class _QuietAsyncio:
         self._logger.setLevel(logging.CRITICAL)
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is not None and sys.unraisablehook is not _drop_orbax_leftovers:
-            global _previous_unraisablehook
-            _previous_unraisablehook = sys.unraisablehook
-            sys.unraisablehook = _drop_orbax_leftovers
+        if exc_type is not None:
+            _drop_orbax_leftovers_from_now_on()
         gc.collect()  # the failed tasks are logged (and so silenced) now, not at exit
         self._logger.setLevel(self._level)
 
@@ -86,14 +86,54 @@ class _QuietAsyncio:
 _previous_unraisablehook = sys.unraisablehook
 
 
+def _drop_orbax_leftovers_from_now_on() -> None:
+    """Installs (once) the unraisable hook and the asyncio log filter below."""
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _drop_orbax_leftovers:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _drop_orbax_leftovers
+    asyncio_logger = logging.getLogger("asyncio")
+    if _ORBAX_LEFTOVER_RECORDS not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_ORBAX_LEFTOVER_RECORDS)
+
+
+def _from_orbax(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an exception it chains) was raised through orbax's code, or is
+    the closed event loop that orbax's abandoned tasks call back into."""
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        if "Event loop is closed" in str(error):
+            return True
+        tb = error.__traceback__
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _drop_orbax_leftovers(unraisable) -> None:
     """`sys.unraisablehook` once a checkpoint read failed: orbax's abandoned coroutines and
     the closed event loop they call back into are not reported; anything else is."""
     code = getattr(unraisable.object, "cr_code", None)
     leftover = code is not None and "orbax" in code.co_filename
-    if leftover or "Event loop is closed" in str(unraisable.exc_value):
+    if leftover or _from_orbax(unraisable.exc_value):
         return
     _previous_unraisablehook(unraisable)
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+    """asyncio's log filter once a checkpoint read failed: drops "Task exception was never
+    retrieved" and "Task was destroyed but it is pending" for orbax's abandoned tasks."""
+    error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()  # names the task's coroutine and where it was running
+    pending = "destroyed but it is pending" in message and "orbax" in message
+    return not (pending or _from_orbax(error))
+
+
+_ORBAX_LEFTOVER_RECORDS = _keep_record
 
 
 class Checkpointer:
