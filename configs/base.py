@@ -73,6 +73,10 @@ def _loss() -> ml_collections.ConfigDict:
     # darknet (new_coords heads: delta y - p on the probabilities; objectness_smooth keeps a
     # positive's earlier delta; cls_normalizer unused, as without counters_per_class) | bce
     loss.obj_cls_gradient = "darknet"
+    # SAT's first stage (train.sat): darknet (yolo_layer.c's adversarial deltas: objectness
+    # down by sqrt(box area), confident classes and their boxes pushed away) | loss (the
+    # gradient of this loss with no ground truth: objectness alone)
+    loss.sat_gradient = "darknet"
     loss.ignore_class_thresh = 0.25  # ignore rule needs a class prob above this (darknet)
     return loss
 

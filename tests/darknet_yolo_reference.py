@@ -8,12 +8,13 @@ truths and cells in darknet's order, darknet's memory layout ``[b][n][entry][j][
 every quirk of the C code as it stands (they are what darknet trains with).
 
 Left out, because no shipped cfg uses them: counters_per_class (classes_multipliers),
-focal_loss, truth_thresh < 1, adversarial mode, the bad-label rejection options, and
-``map``. Truth rows end at the first ``x == 0``, as in darknet.
+focal_loss, truth_thresh < 1, the bad-label rejection options, and ``map``. Truth rows end
+at the first ``x == 0``, as in darknet.
 
 Entry point: `yolo_deltas(layer, raw, truths, net_w, net_h)` -> darknet's ``l.delta`` in the
 project's NHWC layout (``[B, H, W, A * (5 + C)]``), i.e. minus the gradient of the summed
-loss with respect to the [yolo] layer's input.
+loss with respect to the [yolo] layer's input; ``adversarial=True`` is
+``state.net.adversarial`` (Self-Adversarial Training's first stage, run with no truths).
 """
 
 from __future__ import annotations
@@ -359,7 +360,29 @@ def _positive(layer, truth, class_id, out, delta, n, mn, b, i, j, lw, lh, w, h):
     delta_yolo_class(layer, out, delta, b, mn, i, j, class_id)
 
 
-def yolo_deltas(layer: YoloLayer, raw, truths, net_w: int, net_h: int) -> np.ndarray:
+def _adversarial(layer, pred, out, delta, b, mn, i, j):
+    """process_batch's ``else if (state.net.adversarial)`` branch for one prediction."""
+    scale = pred.w * pred.h
+    if scale > 0:
+        scale = math.sqrt(scale)
+    o = out[b, mn, 4, j, i]
+    delta[b, mn, 4, j, i] = scale * layer.obj_normalizer * (0 - o)
+    found_object = False
+    for c in range(layer.classes):
+        if out[b, mn, 5 + c, j, i] * o > 0.25:
+            delta[b, mn, 5 + c, j, i] = scale * (0 - out[b, mn, 5 + c, j, i])
+            found_object = True
+    if found_object:
+        for c in range(layer.classes):
+            if out[b, mn, 5 + c, j, i] * o < 0.25:
+                delta[b, mn, 5 + c, j, i] = scale * (1 - out[b, mn, 5 + c, j, i])
+        for e in range(4):
+            delta[b, mn, e, j, i] += scale * (0 - out[b, mn, e, j, i])
+
+
+def yolo_deltas(
+    layer: YoloLayer, raw, truths, net_w: int, net_h: int, adversarial: bool = False
+) -> np.ndarray:
     """l.delta after forward_yolo_layer in training, in NHWC ``[B, H, W, A * (5 + C)]``.
 
     ``raw``: the layer's input, NHWC ``[B, H, W, A * (5 + C)]``. ``truths``: ``[B, M, 5]``
@@ -412,6 +435,8 @@ def yolo_deltas(layer: YoloLayer, raw, truths, net_w: int, net_h: int) -> np.nda
                                 delta[b, mn, 4, j, i] = d
                         else:
                             delta[b, mn, 4, j, i] = 0
+                    elif adversarial:
+                        _adversarial(layer, pred, out, delta, b, mn, i, j)
 
         for truth, class_id in rows:
             if class_id >= layer.classes or class_id < 0:

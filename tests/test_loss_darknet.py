@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolov4_jax.detection import losses
+from yolov4_jax.detection import losses, sat
 from yolov4_jax.models import specs
 
 CANVAS = 64
@@ -265,3 +265,48 @@ def test_autodiff_and_bce_differ_from_darknet_where_darknet_has_quirks():
     p = outputs[0].reshape(want[0].shape)[..., 4].astype(np.float64)
     # Head 0 (no objectness_smooth): BCE on the probability is darknet's delta / p (1 - p).
     np.testing.assert_allclose(got[..., 4], want[0][..., 4] / (p * (1 - p)), rtol=2e-3, atol=1e-5)
+
+
+def _sat_deltas(outputs, ours, options):
+    """Minus the gradient of SAT's first-stage objective at each head."""
+
+    def objective(outs):
+        return sat.adversarial_objective(outs, ours, options, (CANVAS, CANVAS))
+
+    grads = jax.jit(jax.grad(objective))([jnp.asarray(o) for o in outputs])
+    return [-np.asarray(g, np.float64) for g in grads]
+
+
+@pytest.mark.parametrize("family", ["yolov4", "tiny", "csp"])
+def test_sat_gradient_is_darknets_adversarial_delta(family):
+    """SAT's first stage (no truths, state.net.adversarial): objectness down by the box's
+    sqrt(area), confident classes to 0 and the others to 1, their boxes to 0, averaged over
+    the positive classes where iou_thresh < 1 (yolov4's heads)."""
+    ours, theirs = heads_of(family, "ciou")
+    truths = make_truths(0)
+    outputs = make_outputs(0, ours, truths)
+    got = _sat_deltas(outputs, ours, DARKNET_OPTIONS)
+    no_truths = np.zeros_like(truths)
+    found = predictions = 0
+    for k, (layer, raw) in enumerate(zip(theirs, outputs, strict=True)):
+        want = ref.yolo_deltas(layer, raw, no_truths, CANVAS, CANVAS, adversarial=True)
+        assert_deltas_match(got[k], want, len(layer.mask), f"{family} SAT head {k}")
+        box = want.reshape(*want.shape[:3], len(layer.mask), -1)[..., :4]
+        found += int(np.count_nonzero(np.abs(box).sum(-1)))
+        predictions += box[..., 0].size
+    assert 0 < found < predictions  # both branches (an object found or not) are exercised
+
+
+def test_sat_gradient_loss_is_darknets_plain_delta_without_truths():
+    """sat_gradient="loss": the loss against an empty ground truth, whose gradient is darknet's
+    ordinary delta with no truths (objectness alone, no sqrt(area), no class or box push)."""
+    ours, theirs = heads_of("yolov4", "ciou")
+    truths = np.zeros((BATCH, MAX_BOXES, 5))
+    outputs = make_outputs(0, ours, make_truths(0))
+    options = dataclasses.replace(DARKNET_OPTIONS, sat_gradient="loss")
+    got = _sat_deltas(outputs, ours, options)
+    for k, (layer, raw) in enumerate(zip(theirs, outputs, strict=True)):
+        want = ref.yolo_deltas(layer, raw, truths, CANVAS, CANVAS)
+        assert_deltas_match(got[k], want, len(layer.mask), f"loss SAT head {k}")
+        adversarial = ref.yolo_deltas(layer, raw, truths, CANVAS, CANVAS, adversarial=True)
+        assert np.abs(adversarial - want).max() > 0.1 * np.abs(want).max()

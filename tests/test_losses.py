@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from yolov4_jax import ConfigError
 from yolov4_jax.detection import losses
 from yolov4_jax.detection import targets as targets_lib
 from yolov4_jax.models import specs
@@ -334,6 +335,13 @@ def test_loss_options_from_config():
     assert resolved[0] == dataclasses.replace(HEADS[0], iou_loss="giou", iou_normalizer=0.5)
     with pytest.raises(ValueError, match="box_loss"):
         losses.LossOptions(box_loss="l1")
+    # A bad choice from the command line is the project's one-line error naming the field.
+    config.loss.sat_gradient = "autodiff"
+    with pytest.raises(ConfigError) as error:
+        losses.loss_options(config.loss)
+    assert str(error.value) == (
+        "config.loss.sat_gradient='autodiff': expected one of ('darknet', 'loss')"
+    )
 
 
 def test_autodiff_box_gradient_is_the_chain_rule_of_the_written_loss():

@@ -72,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolov4_jax import ConfigError
 from yolov4_jax.detection import boxes as box_ops
 from yolov4_jax.detection import targets as targets_lib
 from yolov4_jax.detection.decode import MAX_LOG_SCALE, decode_yolo
@@ -82,6 +83,7 @@ Array = jax.Array
 BOX_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 BOX_GRADIENTS = ("darknet", "autodiff")
 OBJ_CLS_GRADIENTS = ("darknet", "bce")
+SAT_GRADIENTS = ("darknet", "loss")
 _IOU_FUNCTIONS = {
     "iou": box_ops.iou,
     "giou": box_ops.giou,
@@ -114,16 +116,20 @@ class LossOptions:
     ignore_class_thresh: float = 0.25  # compare_yolo_class's conf_thresh for the ignore rule
     box_gradient: str = "darknet"  # darknet | autodiff: the box term's gradient at tx..th
     obj_cls_gradient: str = "darknet"  # darknet | bce: objectness and class deltas
+    sat_gradient: str = "darknet"  # darknet | loss: what SAT's first stage descends (sat.py)
 
     def __post_init__(self):
-        if self.box_gradient not in BOX_GRADIENTS:
-            raise ValueError(f"box_gradient {self.box_gradient!r} is not one of {BOX_GRADIENTS}")
-        if self.obj_cls_gradient not in OBJ_CLS_GRADIENTS:
-            raise ValueError(
-                f"obj_cls_gradient {self.obj_cls_gradient!r} is not one of {OBJ_CLS_GRADIENTS}"
-            )
-        if self.box_loss is not None and self.box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss {self.box_loss!r} is not one of {BOX_LOSSES}")
+        choices = {
+            "box_gradient": BOX_GRADIENTS,
+            "obj_cls_gradient": OBJ_CLS_GRADIENTS,
+            "sat_gradient": SAT_GRADIENTS,
+            "box_loss": (None, *BOX_LOSSES),
+        }
+        for field, allowed in choices.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                shown = tuple(a for a in allowed if a is not None)
+                raise ConfigError(f"config.loss.{field}={value!r}: expected one of {shown}")
 
     def resolve(self, heads: Sequence[specs.Yolo]) -> tuple[specs.Yolo, ...]:
         """The heads with these overrides applied: what the loss actually uses."""
