@@ -131,6 +131,23 @@ def test_darknet_random_shape_rule() -> None:
     assert data.train_canvas_sizes(c) == [416]
 
 
+def test_darknet_trains_its_first_and_last_shapes_at_the_largest_side() -> None:
+    """detector.c::train_detector: the first resize (avg_loss < 0) and every resize after
+    iteration max_batches - 100 take round(1.4 * 416 / 32 + 1) * 32 = 608; resizes happen
+    every 10 iterations, so with 1000 updates steps 0-9 and 910-999 are at 608."""
+    c = base_config()
+    c.data.image_size = 416
+    c.optim.max_batches = 1000
+    sides = [data.train_canvas_size(c, k, seed=1) for k in range(1000)]
+    assert set(sides[:10]) == {608} and set(sides[910:]) == {608}
+    assert sides[900] == sides[909] and len(set(sides[10:910])) > 5  # drawn in between
+    assert sides[900:910] == [data.train_canvas_size(c, 900, seed=1)] * 10
+    # The project's range rule (random_shapes_range) has no such ends.
+    c.data.random_shapes_range = (320, 608)
+    assert len({data.train_canvas_size(c, k, seed=1) for k in range(0, 10)}) == 1
+    assert {data.train_canvas_size(c, k, seed=s) for s in range(20) for k in (0, 990)} != {608}
+
+
 def test_dynamic_minibatch(config) -> None:
     config.data.random_shapes = True
     config.data.random_shapes_range = (64, 128)

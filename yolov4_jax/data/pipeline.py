@@ -113,15 +113,24 @@ def train_canvas_size(config: ml_collections.ConfigDict, step: int, seed: int) -
 
     The draw depends only on (seed, step // every), so every process agrees. With the default
     empty ``random_shapes_range`` it is darknet's rule: r uniform in [1, scale], inverted with
-    p=.5 (utils.c::rand_scale), size round(r * image_size / 32 + 1) * 32.
+    p=.5 (utils.c::rand_scale), size round(r * image_size / 32 + 1) * 32; the first period and
+    every period that starts after ``optim.max_batches - 100`` take the largest size, r = scale
+    (detector.c::train_detector: "at the beginning (check if enough memory) and at the end
+    (calc rolling mean/variance)"). darknet's first period is also the largest after each
+    restart (its avg_loss starts at -1 again); here a resumed run keeps the uninterrupted one's
+    sizes.
     """
     d = config.data
     if not d.random_shapes:
         return d.image_size
-    rng = np.random.default_rng([seed, step // d.random_shapes_every, 0x5A4E])
+    period = step // d.random_shapes_every
+    rng = np.random.default_rng([seed, period, 0x5A4E])
     if d.random_shapes_range:
         return int(rng.choice(train_canvas_sizes(config)))
-    r = augment.rand_scale(rng, d.random_shapes_scale)
+    if period == 0 or period * d.random_shapes_every > config.optim.max_batches - 100:
+        r = d.random_shapes_scale
+    else:
+        r = augment.rand_scale(rng, d.random_shapes_scale)
     return _darknet_size(r, d.image_size, d.random_shapes_step)
 
 
