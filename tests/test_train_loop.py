@@ -40,6 +40,16 @@ def resumed_run(tmp_path_factory, tiny_data_dir):
     return root, stopped, metrics
 
 
+def test_a_run_stopped_early_returns_no_metrics(tmp_path, tiny_data_dir):
+    """Even after evaluating on the way: the sweeps read metrics as "finished" (a SIGTERM at
+    update 1139 of 2400 used to be recorded as a result, with the update-800 evaluation)."""
+    metrics = tiny_runs.run(tmp_path, tiny_data_dir, stop_at_step=2, **{"train.eval_every": 1})
+    assert metrics == {}
+    with open(tmp_path / "metrics.jsonl") as f:
+        evaluated = [json.loads(line)["step"] for line in f if "eval/AP50" in line]
+    assert evaluated == [1, 2]
+
+
 @pytest.mark.slow
 def test_resumed_run_follows_the_uninterrupted_trajectory(resumed_run, tmp_path, tiny_data_dir):
     root, stopped, metrics = resumed_run

@@ -144,7 +144,9 @@ def train_and_evaluate(
 
     ``stop_at_step`` ends this run early at that step with a checkpoint, as a preemption
     would (for time-boxed jobs; the schedule still follows ``optim.max_batches``).
-    Returns the last evaluation's metrics (``eval/...`` keys; empty if none ran).
+    Returns the final evaluation's metrics (``eval/...`` keys); empty if the run stopped
+    before ``optim.max_batches`` (SIGTERM, ``stop_at_step``), whatever it evaluated on the way
+    (callers such as the sweeps read metrics as "finished"), or if it evaluates nothing.
 
     Everything that can be checked is checked before the workdir is touched; its records
     (config.json, dataset.json, metrics) change only once the restore and the first step have
@@ -319,7 +321,9 @@ class _Run:
                 if closing is not None:
                     closing.close()
             data_lib.close_iterator(train_iter)
-        if step >= total_steps and is_main and tc.eval_split:
+        if step < total_steps:
+            return {}  # stopped early: the evaluations on the way are in metrics.jsonl
+        if is_main and tc.eval_split:
             task.finish(eval_variables(state), config, info, workdir)
         return eval_metrics
 
