@@ -12,6 +12,7 @@ A sweep file is plain Python:
     def sweep():                      # variant name -> {"group.field": value}
         return {"baseline": {}, "no_mosaic": {"data.mosaic": False}}
     PAPER = {"no_mosaic": ("-", "Table 4, M")}  # optional: the paper's direction per variant
+                                      # (a third item names another control: experiments.paper)
 
 Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_and_evaluate`.
 Every variant runs the same seeds as the baseline (the first variant): a seed fixes the data
@@ -57,6 +58,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from experiments import paper as paper_lib  # noqa: E402
 from experiments import records, stats  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
@@ -81,29 +83,9 @@ def sweep_metrics(path: str) -> tuple[str, ...]:
     return metrics
 
 
-def sweep_paper(path: str) -> dict[str, tuple[str, str]]:
-    """A sweep file's ``PAPER``: variant -> (the paper's direction of the variant against the
-    baseline, "+", "-" or "0" for no difference, and where the paper says so); empty if the
-    file has none."""
-    paper = dict(getattr(load_module(path), "PAPER", {}))
-    for name, entry in paper.items():
-        if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("+", "-", "0")):
-            raise ValueError(f'{path}: PAPER[{name!r}] must be ("+", "-" or "0", source text)')
-    return paper
-
-
-def paper_verdict(diff: float, half: float, expected: str) -> str:
-    """Whether a measured paired difference (± its 95% half-width) agrees with the paper's
-    direction: "agrees" or "opposite" where the interval excludes zero, else "within noise";
-    for the paper's "0" (no difference), "consistent" within noise, else "differs"."""
-    if math.isnan(diff):
-        return "—"
-    resolved = stats.excludes_zero(diff, half)
-    if expected == "0":
-        return "differs" if resolved else "consistent"
-    if not resolved:
-        return "within noise"
-    return "agrees" if (diff > 0) == (expected == "+") else "opposite"
+def sweep_paper(path: str, variants: Sequence[str] = ()) -> dict[str, paper_lib.Entry]:
+    """A sweep file's ``PAPER`` (`experiments.paper`), checked against its ``variants``."""
+    return paper_lib.sweep_paper(load_module(path), path, variants)
 
 
 def load_sweep(path: str) -> tuple[str, tuple[int, ...], dict[str, dict[str, Any]]]:
@@ -259,7 +241,7 @@ def write_reports(
     table,
     header: str,
     metrics: Sequence[str] = METRICS,
-    paper: Mapping[str, tuple[str, str]] | None = None,
+    paper: Mapping[str, paper_lib.Entry] | None = None,
 ) -> None:
     keys = sorted({k for r in rows for k in r if not k.startswith("AP/") and k != "config"})
     first = ["variant", "seed", "status", *metrics, "wall_s"]
@@ -308,36 +290,13 @@ def write_reports(
             f"change anything, about {0.05 * len(intervals):.1f} would by chance (5% each), so a "
             "lone * is weak evidence.",
         ]
-    lines += _paper_lines(table, metrics[0], paper or {})
+    lines += paper_lib.lines(table, rows, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(workdir, table, metrics)
     _plot_curves(
         workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
     )
-
-
-def _paper_lines(table, metric: str, paper: Mapping[str, tuple[str, str]]) -> list[str]:
-    """The measured direction of each variant beside the paper's (the sweep file's PAPER)."""
-    rows = [e for e in table if e["variant"] in paper]
-    if not rows:
-        return []
-    lines = [
-        "",
-        f"Against the paper ({metric}; the paper's direction of the variant against its baseline):",
-        "",
-        f"| variant | paper | where | measured Δ{metric} | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for e in rows:
-        expected, source = paper[e["variant"]]
-        diff, half = e[f"{metric}_diff"], e[f"{metric}_diff_ci"]
-        verdict = paper_verdict(diff, half, expected)
-        lines.append(
-            f"| {e['variant']} | {expected} | {source} | {_fmt(diff, half, signed=True)} | "
-            f"{verdict} |"
-        )
-    return lines
 
 
 def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
@@ -429,11 +388,7 @@ def run_sweep(
         raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     base, default_seeds, variants = load_sweep(sweep_path)
     metrics = sweep_metrics(sweep_path)
-    paper = sweep_paper(sweep_path)
-    if set(paper) - set(variants):
-        raise ValueError(
-            f"{sweep_path}: PAPER names no variant {sorted(set(paper) - set(variants))}"
-        )
+    paper = sweep_paper(sweep_path, list(variants))
     names = list(variants)  # the tables cover every variant with finished runs, not just --only
     if only:
         unknown = sorted(set(only) - set(variants))

@@ -8,10 +8,11 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
-from experiments import ablate, stats
+from experiments import ablate, paper, stats
 from yolov4_jax.detection import losses
 from yolov4_jax.models import factory
 from yolov4_jax.training import optim
@@ -251,34 +252,46 @@ def test_sharded_tasks_as_separate_processes_then_collect(tmp_path, tiny_data_di
 
 def test_paper_verdict_by_hand():
     # +0.030 ± 0.010 excludes zero: the paper's "+" agrees, its "-" is the opposite.
-    assert ablate.paper_verdict(0.03, 0.01, "+") == "agrees"
-    assert ablate.paper_verdict(0.03, 0.01, "-") == "opposite"
-    assert ablate.paper_verdict(-0.03, 0.01, "-") == "agrees"
+    assert paper.verdict(0.03, 0.01, "+") == "agrees"
+    assert paper.verdict(0.03, 0.01, "-") == "opposite"
+    assert paper.verdict(-0.03, 0.01, "-") == "agrees"
     # -0.005 ± 0.010 contains zero; one seed has no interval (nan), so nothing is resolved.
-    assert ablate.paper_verdict(-0.005, 0.01, "+") == "within noise"
-    assert ablate.paper_verdict(0.05, math.nan, "+") == "within noise"
-    assert ablate.paper_verdict(math.nan, math.nan, "+") == "—"
+    assert paper.verdict(-0.005, 0.01, "+") == "within noise"
+    assert paper.verdict(0.05, math.nan, "+") == "within noise"
+    assert paper.verdict(math.nan, math.nan, "+") == "—"
     # The paper's "0" (no difference): a resolved difference differs, noise is consistent.
-    assert ablate.paper_verdict(0.03, 0.01, "0") == "differs"
-    assert ablate.paper_verdict(0.005, 0.01, "0") == "consistent"
+    assert paper.verdict(0.03, 0.01, "0") == "differs"
+    assert paper.verdict(0.005, 0.01, "0") == "consistent"
 
 
 def test_paper_table_in_results_md(tmp_path):
+    aps = {
+        "baseline": (0.30, 0.32, 0.31),
+        "no_mosaic": (0.25, 0.26, 0.27),
+        "cmbn": (0.28, 0.28, 0.29),
+    }
     rows = [
         {"variant": v, "seed": s, "status": "ok", "AP": ap, "wall_s": 60.0}
-        for v, aps in {"baseline": (0.30, 0.32, 0.31), "no_mosaic": (0.25, 0.26, 0.27)}.items()
-        for s, ap in enumerate(aps)
+        for v, values in aps.items()
+        for s, ap in enumerate(values)
     ]
-    table = ablate.summarise(rows, ["baseline", "no_mosaic"], ("AP",))
-    paper = {"no_mosaic": ("-", "Table 4, M")}
-    ablate.write_reports(str(tmp_path), rows, table, "header", ("AP",), paper)
+    table = ablate.summarise(rows, list(aps), ("AP",))
+    entries = {"no_mosaic": ("-", "Table 4, M"), "cmbn": ("+", "Table 4, CBN", "no_mosaic")}
+    module = types.SimpleNamespace(PAPER=entries)
+    checked = paper.sweep_paper(module, "sweep.py", list(aps))
+    ablate.write_reports(str(tmp_path), rows, table, "header", ("AP",), checked)
     text = (tmp_path / "results.md").read_text()
     # Paired differences -0.05, -0.06, -0.04: mean -0.05, sd 0.01, t(2) 4.303 -> ± 0.025.
-    assert "| no_mosaic | - | Table 4, M | -0.050 ± 0.025 | agrees |" in text
+    assert "| no_mosaic | baseline | - | Table 4, M | -0.050 ± 0.025 | agrees |" in text
+    # cmbn against its control no_mosaic: .03, .02, .02: mean .0233, sd .00577 -> ± .0143
+    # (against the baseline it would be -0.027, "opposite").
+    assert "| cmbn | no_mosaic | + | Table 4, CBN | +0.023 ± 0.014 | agrees |" in text
     with pytest.raises(ValueError, match="PAPER"):
-        bad = tmp_path / "bad.py"
-        bad.write_text('BASE = "x"\nPAPER = {"a": ("up", "")}\ndef sweep():\n    return {}\n')
-        ablate.sweep_paper(str(bad))
+        paper.sweep_paper(types.SimpleNamespace(PAPER={"a": ("up", "")}), "bad.py", ["a"])
+    with pytest.raises(ValueError, match=r"PAPER names no variant \['nope'\]"):
+        paper.sweep_paper(
+            types.SimpleNamespace(PAPER={"cmbn": ("+", "", "nope")}), "bad.py", list(aps)
+        )
 
 
 def test_runs_equal_to_another_sweeps_are_copied_not_retrained(tmp_path, monkeypatch):
