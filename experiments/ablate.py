@@ -18,8 +18,10 @@ Each (variant, seed) trains in ``DIR/<variant>/seed<k>/`` with `training.train_a
 Every variant runs the same seeds as the baseline (the first variant): a seed fixes the data
 order and, where the architecture agrees, the initialisation, so differences are paired. A
 finished run leaves ``result.json`` there and is skipped next time; an interrupted one resumes
-from its checkpoints, so rerunning the command continues a partly finished sweep. A run that
-fails (for example a non-finite loss) is recorded with its error and the sweep goes on.
+from its checkpoints, so rerunning the command continues a partly finished sweep (a SIGTERM
+saves the running run's checkpoint and ends the command with exit status 143, so a script of
+sweeps stops too). A run that fails (for example a non-finite loss) is recorded with its error
+and the sweep goes on.
 
 The reports: ``DIR/results.csv`` (one row per run), ``DIR/results.md`` (per variant and metric
 the mean over seeds with its 95% t interval, and the paired difference from the baseline with
@@ -62,6 +64,14 @@ from experiments import paper as paper_lib  # noqa: E402
 from experiments import records, stats  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
+# The exit status of a sweep or search stopped by SIGTERM (as a shell reports a process the
+# signal ended), so that a script running several (experiments/run_sweeps.sh) stops too.
+INTERRUPTED_EXIT = 143
+
+
+class Interrupted(Exception):
+    """A run was stopped by SIGTERM (its checkpoint saved): rerun the same command to resume.
+    Raised by `run_sweep` (after writing the reports) and `experiments.evolve.run_search`."""
 
 
 def load_module(path: str):
@@ -435,8 +445,9 @@ def run_sweep(
             print(f"[ablate] {name} seed {seed}: {dict(variants[name])}", flush=True)
             result = run_one(config, run_dir)
             if result["status"] == "interrupted":
-                print(f"[ablate] {name} seed {seed}: interrupted; rerun to resume", flush=True)
-                break
+                if num_tasks == 1:
+                    report()
+                raise Interrupted(f"{name} seed {seed} in {run_dir}")
             record.update(result)
             records.write_result(run_dir, {**record, "config": records.config_record(config)})
         if num_tasks == 1:
@@ -499,17 +510,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra[key] = _parse_value(value)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     only = args.only.split(",") if args.only else None
-    table = run_sweep(
-        args.sweep,
-        args.workdir,
-        seeds=seeds,
-        only=only,
-        extra=extra,
-        task_index=task_index,
-        num_tasks=num_tasks,
-        collect_only=args.collect,
-        reuse=args.reuse,
-    )
+    try:
+        table = run_sweep(
+            args.sweep,
+            args.workdir,
+            seeds=seeds,
+            only=only,
+            extra=extra,
+            task_index=task_index,
+            num_tasks=num_tasks,
+            collect_only=args.collect,
+            reuse=args.reuse,
+        )
+    except Interrupted as e:
+        print(f"[ablate] interrupted: {e}; rerun the same command to resume", flush=True)
+        return INTERRUPTED_EXIT
     if num_tasks == 1 or args.collect:
         with open(os.path.join(args.workdir, "results.md")) as f:
             print(f.read())

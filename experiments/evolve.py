@@ -407,8 +407,7 @@ def run_search(
                 print(f"[evolve] gen {g} cand {i}: {candidate}", flush=True)
                 record = _evaluate(search, g, i, candidate, run_dir, extra, train_seed, train_fn)
                 if record["status"] == "interrupted":  # SIGTERM: resume later, record nothing
-                    print(f"[evolve] gen {g} cand {i}: interrupted; rerun to resume", flush=True)
-                    return sorted(history.values(), key=lambda r: (r["generation"], r["index"]))
+                    raise ablate.Interrupted(f"gen {g} cand {i} in {run_dir}")
                 os.makedirs(run_dir, exist_ok=True)
                 with open(result_path + ".tmp", "w") as f:  # atomic for a collecting process
                     json.dump(record, f, indent=1)
@@ -478,17 +477,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         key, value = item.split("=", 1)
         extra[key] = ablate._parse_value(value)
     argv = sys.argv[1:] if argv is None else list(argv)
-    records = run_search(
-        args.search,
-        args.workdir,
-        generations=args.generations,
-        population=args.population,
-        extra=extra,
-        command="python -m experiments.evolve " + shlex.join(argv),
-        task_index=task_index,
-        num_tasks=num_tasks,
-        collect_only=args.collect,
-    )
+    try:
+        records = run_search(
+            args.search,
+            args.workdir,
+            generations=args.generations,
+            population=args.population,
+            extra=extra,
+            command="python -m experiments.evolve " + shlex.join(argv),
+            task_index=task_index,
+            num_tasks=num_tasks,
+            collect_only=args.collect,
+        )
+    except ablate.Interrupted as e:
+        print(f"[evolve] interrupted: {e}; rerun the same command to resume", flush=True)
+        return ablate.INTERRUPTED_EXIT
     if num_tasks > 1:
         return 0
     report = os.path.join(args.workdir, "evolve.md")

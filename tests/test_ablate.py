@@ -157,9 +157,13 @@ def test_an_interrupted_run_stops_the_sweep_without_a_result(tmp_path, monkeypat
         return {"status": "interrupted", "error": "", "wall_s": 1.0}
 
     monkeypatch.setattr(ablate, "run_one", preempted)
-    ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
+    with pytest.raises(ablate.Interrupted, match="baseline seed 0"):
+        ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
     assert len(calls) == 1  # stopped at the first interrupted run
     assert not (tmp_path / "runs" / "baseline" / "seed0" / "result.json").exists()
+    # The command exits 143, as a process SIGTERM ended, so a script of sweeps stops too.
+    argv = ["--sweep", str(sweep), "--workdir", str(tmp_path / "runs")]
+    assert ablate.main(argv) == 143 and len(calls) == 2
 
 
 def test_t_quantiles_and_intervals_by_hand():

@@ -288,7 +288,8 @@ def test_an_interrupted_candidate_stops_the_search_and_resumes(tmp_path):
         calls.append(run_dir)
         return {"status": "interrupted", "error": "", "wall_s": 1.0}
 
-    assert evolve.run_search(search, str(workdir), train_fn=preempted) == []
+    with pytest.raises(ablate.Interrupted, match="gen 0 cand 0"):
+        evolve.run_search(search, str(workdir), train_fn=preempted)
     assert len(calls) == 1
     assert (
         not (workdir / "candidates.jsonl").exists()
