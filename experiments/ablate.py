@@ -414,6 +414,12 @@ def run_sweep(
         for name, overrides in variants.items()
         for seed in seeds
     }
+    for (name, _), config in configs.items():
+        if not config.train.eval_split:
+            # A run that evaluates nothing has no result: it would read as interrupted forever.
+            raise ValueError(
+                f"{name}: config.train.eval_split is empty; a sweep compares evaluations"
+            )
 
     def report() -> list[dict[str, Any]]:
         rows = collect(workdir, names)

@@ -344,7 +344,9 @@ def run_search(
     clash = sorted(set(extra) & {g.key for g in search.genes})
     if clash:
         raise ValueError(f"--set {clash}: searched by {search_path}; leave them to the search")
-    ablate.make_config(search.base, {}, 0, extra)  # fail on a bad --set before any training
+    base_config = ablate.make_config(search.base, {}, 0, extra)  # a bad --set fails now
+    if not base_config.train.eval_split:  # no evaluation, no fitness (nor an end to resuming)
+        raise ValueError("config.train.eval_split is empty; the search's fitness is an evaluation")
     train_seed = int(extra.get("seed", ablate.load_module(search.base).get_config().seed))
     train_fn = train_fn or ablate.run_one
     command = command or _command(search, workdir, generations, population, extra)

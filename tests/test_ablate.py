@@ -76,6 +76,9 @@ def test_bad_overrides_fail_before_training(tmp_path):
         ablate.run_sweep(str(sweep), str(tmp_path / "runs"))
     with pytest.raises(KeyError, match="--only"):
         ablate.run_sweep(str(tmp_path / "sweep.py"), str(tmp_path / "r"), only=["nope"])
+    sweep.write_text(SWEEP)
+    with pytest.raises(ValueError, match="baseline: config.train.eval_split is empty"):
+        ablate.run_sweep(str(sweep), str(tmp_path / "runs"), extra={"train.eval_split": ""})
 
 
 @pytest.mark.parametrize(

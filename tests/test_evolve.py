@@ -256,6 +256,8 @@ def test_bad_search_files_give_clear_errors(tmp_path, old, new, match):
 def test_set_of_a_searched_field_is_refused(tmp_path):
     with pytest.raises(ValueError, match="optim.momentum"):
         evolve.run_search(_write(tmp_path), str(tmp_path / "r"), extra={"optim.momentum": 0.9})
+    with pytest.raises(ValueError, match="eval_split is empty"):
+        evolve.run_search(_write(tmp_path), str(tmp_path / "r"), extra={"train.eval_split": ""})
 
 
 @pytest.mark.parametrize("name", ["demo", "test_tiny"])
