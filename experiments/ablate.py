@@ -238,13 +238,6 @@ def summarise(
     return table
 
 
-def _fmt(mean: float, half: float, signed: bool = False) -> str:
-    if math.isnan(mean):
-        return "—"
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return text if math.isnan(half) else f"{text} ± {half:.3f}"
-
-
 def write_reports(
     workdir: str,
     rows,
@@ -272,11 +265,11 @@ def write_reports(
         runs = f"{e['runs']}" + (f" (+{e['failed']} failed)" if e["failed"] else "")
         cells = []
         for m in metrics:
-            cells.append(_fmt(e[m], e[f"{m}_ci"]))
+            cells.append(stats.format_interval(e[m], e[f"{m}_ci"]))
             if e["variant"] == baseline:
                 cells.append("")
                 continue
-            diff = _fmt(e[f"{m}_diff"], e[f"{m}_diff_ci"], signed=True)
+            diff = stats.format_interval(e[f"{m}_diff"], e[f"{m}_diff_ci"], signed=True)
             mark = " *" if stats.excludes_zero(e[f"{m}_diff"], e[f"{m}_diff_ci"]) else ""
             cells.append(diff + mark)
         lines.append(f"| {e['variant']} | {runs} | {' | '.join(cells)} | {e['minutes']:.1f} |")

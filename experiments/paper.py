@@ -94,14 +94,9 @@ def lines(
         else:
             mine, theirs = _by_seed(rows, e["variant"], metric), _by_seed(rows, control, metric)
             diff, half, _ = stats.paired_difference(mine, theirs)
-        shown = "—" if math.isnan(diff) else stats_text(diff, half)
+        shown = stats.format_interval(diff, half, signed=True)
         out.append(
             f"| {e['variant']} | {control} | {expected} | {source} | {shown} | "
             f"{verdict(diff, half, expected)} |"
         )
     return out
-
-
-def stats_text(diff: float, half: float) -> str:
-    """``+0.012 ± 0.008``, or ``+0.012`` without an interval (one seed)."""
-    return f"{diff:+.3f}" if math.isnan(half) else f"{diff:+.3f} ± {half:.3f}"

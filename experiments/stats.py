@@ -63,3 +63,12 @@ def paired_difference(
 def excludes_zero(mean: float, half_width: float) -> bool:
     """Whether the interval mean ± half_width lies wholly on one side of zero."""
     return not math.isnan(half_width) and abs(mean) > half_width
+
+
+def format_interval(mean: float, half: float, signed: bool = False) -> str:
+    """``0.225 ± 0.017`` (``+0.012 ± 0.008`` signed); without the interval for one seed, "—"
+    for no value."""
+    if math.isnan(mean):
+        return "—"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if math.isnan(half) else f"{text} ± {half:.3f}"

@@ -93,8 +93,8 @@ def _drop_orbax_leftovers_from_now_on() -> None:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _drop_orbax_leftovers
     asyncio_logger = logging.getLogger("asyncio")
-    if _ORBAX_LEFTOVER_RECORDS not in asyncio_logger.filters:
-        asyncio_logger.addFilter(_ORBAX_LEFTOVER_RECORDS)
+    if _keep_record not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_keep_record)
 
 
 def _from_orbax(error: BaseException | None) -> bool:
@@ -131,9 +131,6 @@ def _keep_record(record: logging.LogRecord) -> bool:
     message = record.getMessage()  # names the task's coroutine and where it was running
     pending = "destroyed but it is pending" in message and "orbax" in message
     return not (pending or _from_orbax(error))
-
-
-_ORBAX_LEFTOVER_RECORDS = _keep_record
 
 
 class Checkpointer:
