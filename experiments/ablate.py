@@ -20,7 +20,8 @@ order and, where the architecture agrees, the initialisation, so differences are
 finished run leaves ``result.json`` there and is skipped next time; an interrupted one resumes
 from its checkpoints, so rerunning the command continues a partly finished sweep (a SIGTERM
 saves the running run's checkpoint and ends the command with exit status 143, so a script of
-sweeps stops too). A run that fails (for example a non-finite loss) is recorded with its error
+sweeps stops too; the run's ``wall_s`` sums every process that trained it, `records.Stopwatch`).
+A run that fails (for example a non-finite loss) is recorded with its error
 and the sweep goes on.
 
 The reports: ``DIR/results.csv`` (one row per run), ``DIR/results.md`` (per variant and metric
@@ -51,7 +52,6 @@ import json
 import math
 import os
 import sys
-import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -150,19 +150,19 @@ def run_one(config, run_dir: str) -> dict[str, Any]:
     """Trains one run (resuming if it was interrupted) and returns its result record."""
     from yolov4_jax import training
 
-    start = time.time()
-    try:
-        metrics = training.train_and_evaluate(config, run_dir)
-        # A finished run always evaluates; no metrics means it stopped early (SIGTERM).
-        status, error = ("ok", "") if metrics else ("interrupted", "")
-    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-        metrics, status = {}, "failed"
-        error = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
+    with records.Stopwatch(run_dir) as watch:  # wall_s: summed over resumes
+        try:
+            metrics = training.train_and_evaluate(config, run_dir)
+            # A finished run always evaluates; no metrics means it stopped early (SIGTERM).
+            status, error = ("ok", "") if metrics else ("interrupted", "")
+        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+            metrics, status = {}, "failed"
+            error = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
     return {
         "status": status,
         "error": error,
-        "wall_s": round(time.time() - start, 1),
+        "wall_s": round(watch.total(), 1),
         **{k.removeprefix("eval/"): v for k, v in metrics.items()},
     }
 

@@ -1,4 +1,5 @@
-"""A sweep run's ``result.json``, and copying a finished run into another sweep (``--reuse``).
+"""A sweep run's ``result.json``, its wall time over resumes, and copying a finished run into
+another sweep (``--reuse``).
 
 Each record keeps the run's requested config (`config_record`), so a sweep can find a finished
 run of another sweep with the same config and copy it instead of training it again.
@@ -9,8 +10,61 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+WALL_FILE = "wall_s.json"
+
+
+class Stopwatch:
+    """A run's wall time summed over every process that trained it, resumes included.
+
+    The total lives in ``run_dir/wall_s.json``: a new process starts from the total found
+    there and a daemon thread rewrites it every ``every`` seconds (and on exit), so a process
+    killed outright (SIGKILL, a lost machine) loses at most ``every`` seconds of the count.
+    """
+
+    def __init__(self, run_dir: str, every: float = 30.0, clock=time.monotonic):
+        self.path = os.path.join(run_dir, WALL_FILE)
+        self.every, self.clock = every, clock
+        self.before = 0.0
+        try:
+            with open(self.path) as f:
+                self.before = float(json.load(f)["wall_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no earlier process (or an unreadable count: this process's time only)
+        self.start = self.clock()
+        self.end: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def total(self) -> float:
+        end = self.clock() if self.end is None else self.end
+        return self.before + end - self.start
+
+    def _write(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"wall_s": round(self.total(), 1)}, f)
+        os.replace(tmp, self.path)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> Stopwatch:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.end = self.clock()
+        self._write()
 
 
 def config_record(config) -> dict[str, Any]:

@@ -8,11 +8,12 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
 
-from experiments import ablate, paper, stats
+from experiments import ablate, paper, records, stats
 from yolov4_jax.detection import losses
 from yolov4_jax.models import factory
 from yolov4_jax.training import optim
@@ -167,6 +168,40 @@ def test_an_interrupted_run_stops_the_sweep_without_a_result(tmp_path, monkeypat
     # The command exits 143, as a process SIGTERM ended, so a script of sweeps stops too.
     argv = ["--sweep", str(sweep), "--workdir", str(tmp_path / "runs")]
     assert ablate.main(argv) == 143 and len(calls) == 2
+
+
+def test_wall_time_is_summed_over_resumes_and_survives_a_killed_process(tmp_path):
+    clock = [100.0]
+    run = str(tmp_path / "run")
+    # A process killed outright never exits its stopwatch: its last heartbeat is what stays.
+    killed = records.Stopwatch(run, every=0.01, clock=lambda: clock[0]).__enter__()
+    clock[0] = 160.0
+    path = tmp_path / "run" / records.WALL_FILE
+    for _ in range(500):
+        if json.loads(path.read_text())["wall_s"] == 60.0:
+            break
+        threading.Event().wait(0.01)
+    killed._stop.set()
+    killed._thread.join()
+    assert json.loads(path.read_text())["wall_s"] == 60.0
+    # The resumed process adds its own 30 s; the total stops at its exit.
+    clock[0] = 1000.0
+    with records.Stopwatch(run, every=3600, clock=lambda: clock[0]) as resumed:
+        clock[0] = 1030.0
+    clock[0] = 5000.0
+    assert resumed.total() == 90.0 and json.loads(path.read_text())["wall_s"] == 90.0
+
+
+def test_a_resumed_runs_record_counts_the_earlier_processes_time(tmp_path, monkeypatch):
+    from yolov4_jax import training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / records.WALL_FILE).write_text(json.dumps({"wall_s": 500.0}))  # before a SIGKILL
+    monkeypatch.setattr(training, "train_and_evaluate", lambda config, run_dir: {"eval/AP": 0.3})
+    result = ablate.run_one(None, str(run))
+    assert result["status"] == "ok" and result["AP"] == 0.3
+    assert 500.0 <= result["wall_s"] < 510.0
 
 
 def test_t_quantiles_and_intervals_by_hand():
