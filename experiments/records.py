@@ -45,7 +45,6 @@ class Stopwatch:
         return self.before + end - self.start
 
     def _write(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"wall_s": round(self.total(), 1)}, f)
@@ -56,6 +55,7 @@ class Stopwatch:
             self._write()
 
     def __enter__(self) -> Stopwatch:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._write()
         self._thread.start()
         return self
