@@ -29,7 +29,8 @@ the mean over seeds with its 95% t interval, and the paired difference from the 
 its own 95% interval, marked * where that interval excludes zero; `experiments.stats`),
 with ``PAPER``, a second table puts each variant's measured direction (first metric) beside the
 paper's: "agrees" or "opposite" where the paired interval excludes zero, else "within noise";
-``DIR/results.png`` (the same intervals) and ``DIR/curves.png`` (each variant's evaluation
+``DIR/results.png`` (the same intervals: means above, paired differences below;
+`experiments.plots`) and ``DIR/curves.png`` (each variant's evaluation
 metric against updates, from its runs' metrics.jsonl: has the budget flattened the curve?).
 
 On a batch system the runs are shared out: ``--task-index I --num-tasks N`` (or SLURM's
@@ -61,7 +62,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments import paper as paper_lib  # noqa: E402
-from experiments import records, stats  # noqa: E402
+from experiments import plots, records, stats  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
 # The exit status of a sweep or search stopped by SIGTERM (as a shell reports a process the
@@ -296,78 +297,10 @@ def write_reports(
     lines += paper_lib.lines(table, rows, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    _plot(workdir, table, metrics)
-    _plot_curves(
+    plots.write_summary(workdir, table, rows, metrics)
+    plots.write_curves(
         workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
     )
-
-
-def _plot(workdir: str, table, metrics: Sequence[str] = METRICS) -> None:
-    try:
-        from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
-    except ImportError:  # matplotlib is in the notebooks extra
-        return
-    if not table:
-        return
-    names = [e["variant"] for e in table]
-    xs = range(len(names))
-    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
-    ax = fig.add_subplot()
-    shown = list(metrics[:2])
-    if shown == ["AP", "AP50"]:
-        shown = ["AP50", "AP"]
-    offsets = (-0.2, 0.2) if len(shown) == 2 else (0.0,)
-    for offset, metric in zip(offsets, shown, strict=True):
-        means = [e[metric] for e in table]
-        halves = [0.0 if math.isnan(e[f"{metric}_ci"]) else e[f"{metric}_ci"] for e in table]
-        ax.bar([x + offset for x in xs], means, 0.4, yerr=halves, capsize=3, label=metric)
-    ax.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax.set_ylabel("validation metric (95% interval over seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
-
-
-def learning_curves(workdir: str, variant: str, metric: str) -> dict[int, list[float]]:
-    """``{update: [eval metric of each seed's run]}`` from the variant's metrics.jsonl files."""
-    curves: dict[int, list[float]] = {}
-    folder = os.path.join(workdir, variant)
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name, "metrics.jsonl")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                value = record.get(f"eval/{metric}")
-                if value is not None:
-                    curves.setdefault(int(record["step"]), []).append(float(value))
-    return curves
-
-
-def _plot_curves(workdir: str, variants: Sequence[str], metric: str) -> None:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return
-    fig = Figure(figsize=(6.0, 3.8))
-    ax = fig.add_subplot()
-    drawn = 0
-    for variant in variants:
-        curves = learning_curves(workdir, variant, metric)
-        if not curves:
-            continue
-        steps = sorted(curves)
-        means = [sum(curves[k]) / len(curves[k]) for k in steps]
-        ax.plot(steps, means, marker="o", markersize=3, label=variant)
-        drawn += 1
-    if not drawn:
-        return
-    ax.set_xlabel("update")
-    ax.set_ylabel(f"validation {metric} (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "curves.png"), dpi=120)
 
 
 def run_sweep(

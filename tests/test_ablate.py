@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from experiments import ablate, paper, records, stats
+from experiments import ablate, paper, plots, records, stats
 from yolov4_jax.detection import losses
 from yolov4_jax.models import factory
 from yolov4_jax.training import optim
@@ -251,6 +251,43 @@ def test_reports_show_paired_differences_and_intervals(tmp_path):
     assert "3 of the 6 paired intervals exclude zero" in text and "about 0.3 would" in text
 
 
+def test_summary_figure_shows_means_and_paired_differences(tmp_path):
+    """The figure's lower panel holds each variant's paired difference with its interval,
+    filled where the interval excludes zero; the upper one the means over seeds."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    rows = []
+    for seed, shift in enumerate((0.0, 0.2, -0.1)):
+        for variant, effect, noise in (("baseline", 0, 0), ("better", 0.05, 0), ("same", 0, 1)):
+            ap = 0.3 + shift + effect + noise * (0.01, -0.02, 0.01)[seed]
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "status": "ok",
+                    "AP": ap,
+                    "AP50": ap,
+                    "wall_s": 1.0,
+                }
+            )
+    table = ablate.summarise(rows, ["baseline", "better", "same"], metrics=("AP", "AP50"))
+    fig = Figure()
+    plots.draw_summary(fig, table, rows, metrics=("AP", "AP50"))
+    means_ax, diffs_ax = fig.axes
+    heights = sorted(round(bar.get_height(), 4) for bar in means_ax.patches)
+    assert heights == [0.3333, 0.3333, 0.3333, 0.3333, 0.3833, 0.3833]  # by hand: 0.3 + 0.1/3
+    points = {}
+    for container in diffs_ax.containers:
+        line = container.lines[0]
+        x, y = line.get_xdata()[0], line.get_ydata()[0]
+        points[round(float(x), 1)] = (round(float(y), 4), line.get_markerfacecolor() != "white")
+    # AP50 at x - 0.2, AP at x + 0.2; "better" +0.05 exactly (filled), "same" 0 ± 0.043 (hollow).
+    assert points == {0.8: (0.05, True), 1.2: (0.05, True), 1.8: (0.0, False), 2.2: (0.0, False)}
+    ablate.write_reports(str(tmp_path), rows, table, "header", metrics=("AP", "AP50"))
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
 def test_slurm_array_variables_choose_the_task():
     env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
     assert ablate.task_from_environment(None, None, env) == (2, 4)
@@ -289,7 +326,7 @@ def test_sharded_tasks_as_separate_processes_then_collect(tmp_path, tiny_data_di
     text = (workdir / "results.md").read_text()
     assert "| baseline | 2 |" in text and "| giou | 2 |" in text and "ΔAP" in text
     assert (workdir / "curves.png").exists()
-    assert ablate.learning_curves(str(workdir), "giou", "AP50").keys() == {1, 2}
+    assert plots.learning_curves(str(workdir), "giou", "AP50").keys() == {1, 2}
 
 
 def test_paper_verdict_by_hand():
