@@ -29,7 +29,8 @@ the mean over seeds with its 95% t interval, and the paired difference from the 
 its own 95% interval, marked * where that interval excludes zero; `experiments.stats`),
 with ``PAPER``, a second table puts each variant's measured direction (first metric) beside the
 paper's: "agrees" or "opposite" where the paired interval excludes zero, else "within noise";
-``DIR/results.png`` (the same intervals: means above, paired differences below;
+``DIR/results.png`` (the same intervals: means above, paired differences below, each from
+the variant's control where ``PAPER`` names one;
 `experiments.plots`) and ``DIR/curves.png`` (each variant's evaluation
 metric against updates, from its runs' metrics.jsonl: has the budget flattened the curve?).
 
@@ -297,7 +298,8 @@ def write_reports(
     lines += paper_lib.lines(table, rows, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plots.write_summary(workdir, table, rows, metrics)
+    controls = {v: e[2] for v, e in (paper or {}).items() if e[2] is not None}
+    plots.write_summary(workdir, table, rows, metrics, controls)
     plots.write_curves(
         workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
     )

@@ -1,6 +1,7 @@
 """The figures of a sweep (`experiments.ablate`): each variant's mean with its 95% interval over
-seeds above, its paired difference from the baseline with that difference's own interval below
-(filled where the interval excludes zero), and the learning curves. Notebook 04 draws the same
+seeds above, its paired difference from the baseline (or from the control the sweep's ``PAPER``
+names for it) with that difference's own interval below (filled where the interval excludes
+zero), and the learning curves. Notebook 04 draws the same
 summary with `draw_summary`."""
 
 from __future__ import annotations
@@ -23,15 +24,27 @@ def _shown(metrics: Sequence[str]) -> list[str]:
     return ["AP50", "AP"] if shown == ["AP", "AP50"] else shown
 
 
+def _by_seed(rows: Sequence[Mapping[str, Any]], variant: str, metric: str) -> dict[int, float]:
+    return {
+        int(r["seed"]): float(r[metric])
+        for r in rows
+        if r["variant"] == variant and r.get("status", "ok") == "ok" and r.get(metric) is not None
+    }
+
+
 def draw_summary(
     fig,
     table: Sequence[Mapping[str, Any]],
     rows: Sequence[Mapping[str, Any]] = (),
     metrics: Sequence[str] = ("AP", "AP50"),
+    controls: Mapping[str, str] | None = None,
 ) -> None:
     """Draws the summary on ``fig`` (a matplotlib Figure): bars of the means ± their 95%
     intervals with each run as a dot (``rows``, the runs' records), and the paired differences
-    from the table's first variant ± their intervals, a zero line through them."""
+    from the table's first variant ± their intervals, a zero line through them. A variant in
+    ``controls`` (variant -> control variant, as a sweep's ``PAPER`` names them) is compared
+    with its control instead, and its tick says so."""
+    controls = dict(controls or {})
     means_ax, diffs_ax = fig.subplots(2, 1, sharex=True)
     xs = range(len(table))
     shown = _shown(metrics)
@@ -53,6 +66,11 @@ def draw_summary(
         labelled = False
         for x, entry in list(zip(xs, table, strict=True))[1:]:
             diff, half = entry[f"{metric}_diff"], entry[f"{metric}_diff_ci"]
+            if entry["variant"] in controls:
+                diff, half, _ = stats.paired_difference(
+                    _by_seed(rows, entry["variant"], metric),
+                    _by_seed(rows, controls[entry["variant"]], metric),
+                )
             if math.isnan(diff):
                 continue
             filled = stats.excludes_zero(diff, half)
@@ -72,8 +90,11 @@ def draw_summary(
     means_ax.legend(fontsize=8)
     diffs_ax.axhline(0.0, color="grey", linewidth=1)
     baseline = table[0]["variant"] if table else "baseline"
-    diffs_ax.set_ylabel(f"paired difference from {baseline}\n(95% interval; filled: excludes 0)")
-    diffs_ax.set_xticks(list(xs), [e["variant"] for e in table], rotation=30, ha="right")
+    against = f"{baseline} or the control named" if controls else baseline
+    diffs_ax.set_ylabel(f"paired difference from {against}\n(95% interval; filled: excludes 0)")
+    ticks = [e["variant"] for e in table]
+    ticks = [f"{t}\n(vs {controls[t]})" if t in controls else t for t in ticks]
+    diffs_ax.set_xticks(list(xs), ticks, rotation=30, ha="right")
     if len(table) > 1:
         diffs_ax.legend(fontsize=8)
 
@@ -83,6 +104,7 @@ def write_summary(
     table: Sequence[Mapping[str, Any]],
     rows: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
+    controls: Mapping[str, str] | None = None,
 ) -> None:
     """`draw_summary` into ``workdir/results.png`` (nothing without matplotlib)."""
     try:
@@ -92,7 +114,7 @@ def write_summary(
     if not table:
         return
     fig = Figure(figsize=(max(4.0, 0.9 * len(table) + 1.5), 6.5))
-    draw_summary(fig, table, rows, metrics)
+    draw_summary(fig, table, rows, metrics, controls)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
 
