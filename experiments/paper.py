@@ -6,9 +6,11 @@
     }
 
 Each entry is the paper's direction of the variant ("+", "-", or "0" for no difference), where
-the paper says so, and optionally the variant it is to be compared with, where the sweep's
-baseline is not the paper's control (CmBN against BN per mini-batch, dynamic mini-batch against
-random shapes alone). The comparison is the paired difference over the seeds both ran, with its
+the paper says so ("?" where it names the item but reports no direction: the measured direction
+is then given as "higher" or "lower", or "within noise"), and optionally the variant it is to be
+compared with, where the sweep's baseline is not the paper's control (CmBN against BN per
+mini-batch, dynamic mini-batch against random shapes alone, weighted fusion against its add
+control). The comparison is the paired difference over the seeds both ran, with its
 95% t interval (`experiments.stats`).
 """
 
@@ -30,11 +32,11 @@ def sweep_paper(module: Any, path: str, variants: Sequence[str]) -> dict[str, En
         if not (
             isinstance(entry, tuple)
             and len(entry) in (2, 3)
-            and entry[0] in ("+", "-", "0")
+            and entry[0] in ("+", "-", "0", "?")
             and isinstance(entry[1], str)
         ):
             raise ValueError(
-                f'{path}: PAPER[{name!r}] must be ("+", "-" or "0", source text[, control])'
+                f'{path}: PAPER[{name!r}] must be ("+", "-", "0" or "?", source text[, control])'
             )
         paper[name] = (entry[0], entry[1], entry[2] if len(entry) == 3 else None)
     named = set(paper) | {e[2] for e in paper.values() if e[2] is not None}
@@ -46,10 +48,13 @@ def sweep_paper(module: Any, path: str, variants: Sequence[str]) -> dict[str, En
 def verdict(diff: float, half: float, expected: str) -> str:
     """Whether a measured paired difference (± its 95% half-width) agrees with the paper's
     direction: "agrees" or "opposite" where the interval excludes zero, else "within noise";
-    for the paper's "0" (no difference), "consistent" within noise, else "differs"."""
+    for the paper's "0" (no difference), "consistent" within noise, else "differs"; for "?" (no
+    direction given), "higher" or "lower" where resolved, else "within noise"."""
     if math.isnan(diff):
         return "—"
     resolved = stats.excludes_zero(diff, half)
+    if expected == "?":
+        return ("higher" if diff > 0 else "lower") if resolved else "within noise"
     if expected == "0":
         return "differs" if resolved else "consistent"
     if not resolved:

@@ -373,6 +373,10 @@ def test_paper_verdict_by_hand():
     # The paper's "0" (no difference): a resolved difference differs, noise is consistent.
     assert paper.verdict(0.03, 0.01, "0") == "differs"
     assert paper.verdict(0.005, 0.01, "0") == "consistent"
+    # "?": the paper names the item but reports no direction; the measured one is named.
+    assert paper.verdict(0.03, 0.01, "?") == "higher"
+    assert paper.verdict(-0.03, 0.01, "?") == "lower"
+    assert paper.verdict(0.005, 0.01, "?") == "within noise"
 
 
 def test_paper_table_in_results_md(tmp_path):

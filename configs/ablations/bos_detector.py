@@ -32,9 +32,13 @@ def sweep():
 
 # The paper's direction of each variant against this sweep's baseline (Table 5 and section
 # 4.3: "the detector gets best performance when using SPP, PAN, and SAM"). Table 5 has no row
-# without SPP or PAN; the fusions and Mish in the neck are in no table.
+# without SPP or PAN; the fusions and Mish in the neck are in no table ("?": the paper names
+# the item but measures no direction). weighted_fusion is compared with its add control.
 PAPER = {
     "no_spp": ("-", "section 4.3 (no Table 5 row)"),
     "fpn": ("-", "section 4.3: PAN (no Table 5 row)"),
     "sam": ("+", "Table 5 rows 1, 3: SAM 42.4 -> 42.7 AP"),
+    "add_fusion": ("?", "Figure 6: the modified PAN concatenates where PAN adds (no row)"),
+    "weighted_fusion": ("?", "section 3.4: MiWRC in the BoS (no row)", "add_fusion"),
+    "mish_neck": ("?", "section 3.4: Mish in the detector's BoS; yolov4.cfg's neck is leaky"),
 }
