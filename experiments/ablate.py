@@ -298,8 +298,7 @@ def write_reports(
     lines += paper_lib.lines(table, rows, metrics[0], paper or {})
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    controls = {v: e[2] for v, e in (paper or {}).items() if e[2] is not None}
-    plots.write_summary(workdir, table, rows, metrics, controls)
+    plots.write_summary(workdir, table, rows, metrics, paper_lib.controls(paper or {}))
     plots.write_curves(
         workdir, [e["variant"] for e in table], metrics[1] if len(metrics) > 1 else metrics[0]
     )

@@ -66,8 +66,20 @@ def _by_seed(rows: Sequence[Mapping[str, Any]], variant: str, metric: str) -> di
     return {
         int(r["seed"]): r.get(metric)
         for r in rows
-        if r["variant"] == variant and r["status"] == "ok"
+        if r["variant"] == variant and r.get("status", "ok") == "ok"
     }
+
+
+def controls(paper: Mapping[str, Entry]) -> dict[str, str]:
+    """variant -> the control ``paper`` names for it, where it names one."""
+    return {variant: e[2] for variant, e in paper.items() if e[2] is not None}
+
+
+def difference(
+    rows: Sequence[Mapping[str, Any]], variant: str, control: str, metric: str
+) -> tuple[float, float, int]:
+    """The paired difference ``variant - control`` in ``metric`` over the seeds both ran."""
+    return stats.paired_difference(_by_seed(rows, variant, metric), _by_seed(rows, control, metric))
 
 
 def lines(
@@ -97,8 +109,7 @@ def lines(
             control = baseline
             diff, half = e[f"{metric}_diff"], e[f"{metric}_diff_ci"]
         else:
-            mine, theirs = _by_seed(rows, e["variant"], metric), _by_seed(rows, control, metric)
-            diff, half, _ = stats.paired_difference(mine, theirs)
+            diff, half, _ = difference(rows, e["variant"], control, metric)
         shown = stats.format_interval(diff, half, signed=True)
         out.append(
             f"| {e['variant']} | {control} | {expected} | {source} | {shown} | "

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments import stats
+from experiments import paper, stats
 
 
 def _half(value: float) -> float:
@@ -22,14 +22,6 @@ def _half(value: float) -> float:
 def _shown(metrics: Sequence[str]) -> list[str]:
     shown = list(metrics[:2])
     return ["AP50", "AP"] if shown == ["AP", "AP50"] else shown
-
-
-def _by_seed(rows: Sequence[Mapping[str, Any]], variant: str, metric: str) -> dict[int, float]:
-    return {
-        int(r["seed"]): float(r[metric])
-        for r in rows
-        if r["variant"] == variant and r.get("status", "ok") == "ok" and r.get(metric) is not None
-    }
 
 
 def draw_summary(
@@ -67,9 +59,8 @@ def draw_summary(
         for x, entry in list(zip(xs, table, strict=True))[1:]:
             diff, half = entry[f"{metric}_diff"], entry[f"{metric}_diff_ci"]
             if entry["variant"] in controls:
-                diff, half, _ = stats.paired_difference(
-                    _by_seed(rows, entry["variant"], metric),
-                    _by_seed(rows, controls[entry["variant"]], metric),
+                diff, half, _ = paper.difference(
+                    rows, entry["variant"], controls[entry["variant"]], metric
                 )
             if math.isnan(diff):
                 continue
